@@ -1,0 +1,65 @@
+"""Plain typed objects that cross module boundaries: what a document was split into, and what an answer cites."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Section:
+    """A piece of a loaded document before splitting: text plus where it came from (page from 1, heading)."""
+
+    text: str
+    page: int | None = None
+    heading: str | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A retrievable unit: part of one document's text with the metadata a citation needs.
+
+    `start`/`end` are character offsets into the section the chunk was cut from.
+    """
+
+    text: str
+    source: str  # document path relative to its knowledge base, '/'-separated
+    page: int | None = None
+    heading: str | None = None
+    start: int = 0
+    end: int = 0
+    ordinal: int = 0  # position of the chunk within its document
+
+
+@dataclass
+class Source:
+    """One retrieved passage as an answer cites it."""
+
+    kb: str
+    source: str
+    text: str
+    score: float  # relevance in [0, 1], higher = closer (see kb_qa.retrieval)
+    page: int | None = None
+    heading: str | None = None
+    chunk_id: int = 0
+    dense_score: float | None = None  # cosine similarity mapped to [0, 1], when the dense side found it
+    keyword_score: float | None = None  # BM25 mapped to [0, 1], when the keyword side found it
+
+    def label(self) -> str:
+        where = self.source
+        if self.page is not None:
+            where += f" p.{self.page}"
+        if self.heading:
+            where += f" § {self.heading}"
+        return where
+
+
+@dataclass
+class Answer:
+    """What the question-answering chain returns."""
+
+    question: str
+    text: str
+    sources: list[Source] = field(default_factory=list)
+    mode: str = "llm"  # 'llm' | 'retrieval-only' | 'no-answer' | 'chat'
+    query: str = ""  # the standalone query actually used for retrieval
+    timings_ms: dict[str, float] = field(default_factory=dict)

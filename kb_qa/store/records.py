@@ -1,0 +1,215 @@
+"""The knowledge base's records in SQLite: documents, their content hashes, chunks (text, metadata, vector), and
+the keyword index (FTS5). SQLite is the source of truth; the FAISS file is derived from it and can always be
+rebuilt from the `vector` column. Nothing here can execute stored data (no pickle).
+
+Tables:
+  meta(key, value)                 embedding model/dimension, index generation and checksum, schema version
+  contents(sha256, n_chunks)       one row per distinct file content; chunks hang off it
+  documents(source -> sha256)      one row per document path; two paths with the same bytes share one content
+  chunks(id, sha256, ...)          ids are AUTOINCREMENT: never reused, never shifted by deletions
+  chunk_terms(terms)               FTS5, rowid = chunks.id, jieba/word terms for BM25
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contents(
+    sha256 TEXT PRIMARY KEY,
+    n_chunks INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents(
+    source TEXT PRIMARY KEY,              -- path relative to the knowledge base, '/'-separated
+    sha256 TEXT NOT NULL REFERENCES contents(sha256),
+    size INTEGER NOT NULL,                -- bytes
+    origin TEXT,                          -- absolute path the file was read from (for --prune)
+    added_at REAL NOT NULL,               -- unix seconds
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_sha ON documents(sha256);
+CREATE TABLE IF NOT EXISTS chunks(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL REFERENCES contents(sha256),
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    heading TEXT,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    vector BLOB NOT NULL                  -- float32 little-endian, L2-normalised
+);
+CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(sha256);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2');
+"""
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    source: str
+    sha256: str
+    size: int
+    origin: str | None
+    n_chunks: int
+    added_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    id: int
+    sha256: str
+    ordinal: int
+    text: str
+    page: int | None
+    heading: str | None
+    sources: tuple[str, ...]  # every document path holding this content (usually one)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so a commit is one atomic step.
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+    conn.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                 (key, value))
+
+
+def count_chunks(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+
+
+def document(conn: sqlite3.Connection, source: str) -> DocumentRecord | None:
+    rows = list(_documents(conn, "WHERE d.source = ?", (source,)))
+    return rows[0] if rows else None
+
+
+def documents(conn: sqlite3.Connection) -> list[DocumentRecord]:
+    return list(_documents(conn, "ORDER BY d.source", ()))
+
+
+def _documents(conn: sqlite3.Connection, tail: str, args: tuple) -> Iterator[DocumentRecord]:
+    sql = ("SELECT d.source, d.sha256, d.size, d.origin, c.n_chunks, d.added_at, d.updated_at "
+           "FROM documents d JOIN contents c ON c.sha256 = d.sha256 " + tail)
+    for row in conn.execute(sql, args):
+        yield DocumentRecord(*row)
+
+
+def content_exists(conn: sqlite3.Connection, sha256: str) -> bool:
+    return conn.execute("SELECT 1 FROM contents WHERE sha256 = ?", (sha256,)).fetchone() is not None
+
+
+def insert_content(conn: sqlite3.Connection, sha256: str, chunks: list, vectors: np.ndarray,
+                   terms: list[str]) -> list[int]:
+    """Rows for a new content: its chunks with vectors and keyword terms. Returns the new chunk ids."""
+    conn.execute("INSERT INTO contents(sha256, n_chunks) VALUES (?, ?)", (sha256, len(chunks)))
+    ids = []
+    for chunk, vector, chunk_terms in zip(chunks, vectors, terms, strict=True):
+        cur = conn.execute(
+            "INSERT INTO chunks(sha256, ordinal, text, page, heading, start, end, vector) VALUES (?,?,?,?,?,?,?,?)",
+            (sha256, chunk.ordinal, chunk.text, chunk.page, chunk.heading, chunk.start, chunk.end,
+             np.asarray(vector, dtype="<f4").tobytes()),
+        )
+        ids.append(cur.lastrowid)
+        conn.execute("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)", (cur.lastrowid, chunk_terms))
+    return ids
+
+
+def upsert_document(conn: sqlite3.Connection, source: str, sha256: str, size: int, origin: str | None) -> None:
+    now = time.time()
+    conn.execute(
+        "INSERT INTO documents(source, sha256, size, origin, added_at, updated_at) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT(source) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
+        "origin = excluded.origin, updated_at = excluded.updated_at",
+        (source, sha256, size, origin, now, now),
+    )
+
+
+def delete_document(conn: sqlite3.Connection, source: str) -> None:
+    conn.execute("DELETE FROM documents WHERE source = ?", (source,))
+
+
+def delete_orphan_contents(conn: sqlite3.Connection) -> list[int]:
+    """Remove contents no document refers to any more; returns the chunk ids removed (for the vector index)."""
+    orphans = [r[0] for r in conn.execute(
+        "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM documents)")]
+    removed: list[int] = []
+    for sha in orphans:
+        ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE sha256 = ?", (sha,))]
+        removed.extend(ids)
+        conn.executemany("DELETE FROM chunk_terms WHERE rowid = ?", ((i,) for i in ids))
+        conn.execute("DELETE FROM chunks WHERE sha256 = ?", (sha,))
+        conn.execute("DELETE FROM contents WHERE sha256 = ?", (sha,))
+    return removed
+
+
+def iter_vectors(conn: sqlite3.Connection, dim: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids int64 [n], vectors float32 [n, dim]) in id order, `batch` rows at a time."""
+    cur = conn.execute("SELECT id, vector FROM chunks ORDER BY id")
+    while rows := cur.fetchmany(batch):
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        yield ids, vecs
+
+
+def chunk_texts(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
+    yield from conn.execute("SELECT id, text FROM chunks ORDER BY id")
+
+
+def get_chunks(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, ChunkRecord]:
+    ids = [int(i) for i in ids]
+    if not ids:
+        return {}
+    out: dict[int, ChunkRecord] = {}
+    for start in range(0, len(ids), 500):  # stay below SQLite's bound-parameter limit
+        part = ids[start:start + 500]
+        marks = ",".join("?" * len(part))
+        rows = conn.execute(
+            f"SELECT c.id, c.sha256, c.ordinal, c.text, c.page, c.heading, "
+            f"(SELECT group_concat(source, char(0)) FROM (SELECT source FROM documents d "
+            f" WHERE d.sha256 = c.sha256 ORDER BY source)) "
+            f"FROM chunks c WHERE c.id IN ({marks})", part)
+        for cid, sha, ordinal, text, page, heading, sources in rows:
+            out[cid] = ChunkRecord(cid, sha, ordinal, text, page, heading,
+                                   tuple(sources.split("\x00")) if sources else ())
+    return out
+
+
+def chunk_ids_for_sources(conn: sqlite3.Connection, sources: Iterable[str]) -> set[int]:
+    ids: set[int] = set()
+    for source in sources:
+        ids.update(r[0] for r in conn.execute(
+            "SELECT c.id FROM chunks c JOIN documents d ON d.sha256 = c.sha256 WHERE d.source = ?", (source,)))
+    return ids
+
+
+def keyword_search(conn: sqlite3.Connection, match: str, k: int) -> list[tuple[int, float]]:
+    """BM25 over the FTS5 terms: [(chunk id, bm25 score >= 0, higher = better)], best first."""
+    rows = conn.execute(
+        "SELECT rowid, bm25(chunk_terms) AS s FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY s LIMIT ?",
+        (match, k))
+    return [(int(rowid), -float(score)) for rowid, score in rows]  # FTS5's bm25() is negated: lower = better
