@@ -70,3 +70,41 @@ class App:
             embedding_model=self.settings.embedding.model, prune=prune, rebuild=rebuild, progress=progress,
             lock_timeout_s=lock_timeout_s, on_file=on_file,
         )
+
+    def add_uploads(self, name: str, files: list[tuple[str, bytes]], *, progress: bool = False,
+                    lock_timeout_s: float = 10.0, on_file=None):
+        """Store uploaded (file name, bytes) pairs in knowledge_base/<name>/ and ingest them. Rejected uploads
+        appear in the report as failed, with the reason; the others are stored and ingested."""
+        from kb_qa.ingest.loaders import SUPPORTED_EXTENSIONS
+        from kb_qa.ingest.pipeline import FAILED, FileOutcome
+        from kb_qa.uploads import UploadRejected, save_upload
+
+        max_bytes = int(self.settings.ingest.max_file_mb * 2**20)
+        saved, rejected = [], []
+        for filename, data in files:
+            try:
+                saved.append(save_upload(self.docs_root, name, filename, data, max_bytes=max_bytes,
+                                         extensions=SUPPORTED_EXTENSIONS))
+            except UploadRejected as exc:
+                rejected.append(FileOutcome(str(filename), FAILED, reason=str(exc)))
+        report = self.ingest(name, [s.path for s in saved], progress=progress, lock_timeout_s=lock_timeout_s,
+                             on_file=on_file)
+        report.outcomes[:0] = rejected
+        return report
+
+    def remove_document(self, name: str, source: str, *, delete_file: bool = True,
+                        lock_timeout_s: float = 10.0) -> bool:
+        """Remove one document from the index (and, for files kept in knowledge_base/<name>/, the file)."""
+        from kb_qa.naming import safe_join
+
+        kb = self.kb(name)
+        with kb.writer(lock_timeout_s=lock_timeout_s) as writer:
+            record = writer.document(source)
+            removed = writer.remove_document(source)
+            writer.commit()
+        if removed and delete_file and record is not None and record.origin:
+            folder = (self.docs_root / kb.name).resolve()
+            target = safe_join(folder, source)
+            if str(target) == record.origin and target.is_file():
+                target.unlink()
+        return removed
