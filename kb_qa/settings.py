@@ -102,6 +102,12 @@ class LLMSettings(BaseModel):
         "auto", description="'auto' = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."
     )
     quantization: Literal["none", "int8", "int4"] = Field("none", description="Weight quantization (bitsandbytes).")
+    static_cache: bool = Field(
+        False, description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front)."
+    )
+    compile: bool | None = Field(
+        None, description="torch.compile the decode step (CUDA only). None = on when static_cache is on and on CUDA."
+    )
     max_context_tokens: int = Field(8192, ge=256, description="ChatGLM2's dialogue window: prompt + answer tokens.")
     max_new_tokens: int = Field(1024, ge=1, description="Tokens reserved for (and at most generated in) an answer.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="0 = greedy decoding.")

@@ -112,12 +112,17 @@ def retrieval_only_reason(settings) -> str | None:
             return None
 
 
-def resolve_llm(settings, *, static_cache: bool = False, compile: bool | None = None,
+def resolve_llm(settings, *, static_cache: bool | None = None, compile: bool | None = None,
                 free_memory=None) -> tuple[LLMHandle | None, str]:
     """(handle, handle.describe()) or (None, the reason answers are retrieval-only).
 
-    `static_cache`/`compile`: the GPU decode speed-ups of ChatGLM2Generator (see generation.py)."""
+    `static_cache`/`compile`: the GPU decode speed-ups of ChatGLM2Generator (see generation.py); default from
+    settings llm.static_cache / llm.compile."""
     s = _llm_settings(settings)
+    if static_cache is None:
+        static_cache = bool(getattr(s, "static_cache", False))
+    if compile is None:
+        compile = getattr(s, "compile", None)
     reason = retrieval_only_reason(s)
     if reason is not None:
         log.info(reason)
