@@ -1,8 +1,9 @@
 """`python -m kb_qa.ask "question"`: answer one question from the command line.
 
-For now only `--no-kb` works: ChatGLM2's answer to the question as one chat round with an empty history (as
-ChatGLM2's own demos do), streamed to the terminal, or `{"answer": ..., "sources": []}` with `--json`.
-Answering from a knowledge base (`--kb`, `--top-k`) plugs into `main` where marked.
+By default the answer comes from knowledge bases (`--kb`, `--top-k`, ...: see kb_qa.qa.cli), streamed with its
+sources listed, or retrieval-only passages when no model is configured. `--no-kb`: ChatGLM2's answer to the
+question as one chat round with an empty history (as ChatGLM2's own demos do), or `{"answer": ..., "sources": []}`
+with `--json`.
 Also holds the flags and model loading shared with `python -m kb_qa.chat`.
 """
 
@@ -15,6 +16,8 @@ import sys
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
 
 EXAMPLES = """examples:
+  python -m kb_qa.ask "大模型推理优化有哪些策略？" --kb samples
+  python -m kb_qa.ask "What does the manual say about resets?" --kb manuals --kb faq --top-k 3 --json
   python -m kb_qa.ask "你好" --no-kb --llm ~/models/chatglm2-6b
   python -m kb_qa.ask "What is RAG?" --no-kb --llm THUDM/chatglm2-6b --temperature 0 --max-new-tokens 256
   python -m kb_qa.ask "你好" --no-kb --json          (model from configs/default.yaml or KB_QA_LLM__MODEL_PATH)
@@ -75,16 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="plain chat with the model, no knowledge base (one round, empty history)")
     parser.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} instead')
     add_llm_arguments(parser)
+    from kb_qa.qa.cli import add_kb_arguments
+
+    add_kb_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.no_kb:
-        # Knowledge-base answering (flags --kb, --top-k) goes here.
-        print("error: knowledge-base answering is not available yet; use --no-kb for plain chat with the model",
-              file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        from kb_qa.qa.cli import run_ask
+
+        return run_ask(args, settings_from_args(args))
     handle, code = load_handle_or_explain(settings_from_args(args))
     if handle is None:
         return code

@@ -2,7 +2,7 @@
 
 Type a question; `clear` resets the history, `stop` (or Ctrl-D) quits, Ctrl-C interrupts an answer. When the
 history no longer fits the model's window with room for an answer, the oldest rounds are dropped.
-Knowledge-base chat (`--kb`, `--top-k`) plugs into `main` where marked.
+Without `--no-kb` the chat answers from knowledge bases (`--kb`, `--top-k`, ...: see kb_qa.qa.cli).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from kb_qa.ask import EXIT_OK, EXIT_UNAVAILABLE, add_llm_arguments, load_handle_or_explain, settings_from_args
 
 EXAMPLES = """examples:
+  python -m kb_qa.chat --kb samples
   python -m kb_qa.chat --no-kb --llm ~/models/chatglm2-6b
   python -m kb_qa.chat --no-kb --llm THUDM/chatglm2-6b --temperature 0
 in the chat:  clear = forget the history,  stop = quit
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-kb", action="store_true", help="plain chat with the model, no knowledge base")
     add_llm_arguments(parser)
+    from kb_qa.qa.cli import add_kb_arguments
+
+    add_kb_arguments(parser)
     return parser
 
 
@@ -78,10 +82,9 @@ def run_chat(handle, *, read=input, write=sys.stdout.write) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.no_kb:
-        # Knowledge-base chat (flags --kb, --top-k) goes here.
-        print("error: knowledge-base chat is not available yet; use --no-kb for plain chat with the model",
-              file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        from kb_qa.qa.cli import run_chat as run_kb_chat
+
+        return run_kb_chat(args, settings_from_args(args))
     handle, code = load_handle_or_explain(settings_from_args(args))
     if handle is None:
         return code

@@ -211,8 +211,8 @@ def test_ask_without_a_model_or_without_no_kb_exits_2(monkeypatch, capsys):
     assert "there is no model" in capsys.readouterr().err
     assert main(["你好", "--no-kb", "--llm", "/nonexistent/model"]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["你好"]) == 2
-    assert "knowledge-base answering is not available yet" in capsys.readouterr().err
+    assert main(["你好", "--kb", "no-such-kb-here"]) != 0  # without --no-kb it answers from a knowledge base
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_help_has_examples(capsys):

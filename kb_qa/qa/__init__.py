@@ -1,0 +1,1 @@
+"""Question answering: follow-up rewriting, prompt templates, context packing and the answering chain."""

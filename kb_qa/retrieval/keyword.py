@@ -1,0 +1,152 @@
+"""Keyword side of retrieval: BM25 candidates from the knowledge base's FTS5 index, and a keyword similarity in [0, 1].
+
+Ranking uses SQLite FTS5's `bm25()` (k1 = 1.2, b = 0.75) over the jieba / word terms written at ingest
+(`kb_qa.retrieval.terms`), so nothing is rebuilt per question. BM25 is unbounded and its scale depends on the
+question and the corpus, so it is not what a threshold is compared with. The keyword *similarity* of a chunk is
+
+    keyword_score(q, c) = sum(idf(t) for t in T(q) if t in c) / sum(idf(t) for t in T(q))        in [0, 1]
+
+where T(q) are the question's distinct search terms and idf(t) = ln(1 + (N - n_t + 0.5) / (n_t + 0.5)) (N chunks in
+the knowledge base, n_t of them containing t; always > 0). It reads: "the chunk contains the question's words that
+carry this share of the question's information". 1.0 = every term of the question occurs in the chunk; frequent words
+("的", "the") weigh little, rare ones (names, numbers) weigh much.
+
+Deliberately not here: fusion with the dense side (fusion.py) and anything per-question that would scan the corpus.
+Document frequencies are read from FTS5's own term index (an `fts5vocab` table in the connection's temp schema).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+
+from kb_qa.retrieval.terms import fts_query, search_terms
+
+_VOCAB = "kb_qa_chunk_vocab"  # temp-schema fts5vocab table over chunk_terms, one per connection
+_lock = threading.Lock()
+
+
+def query_terms(text: str) -> list[str]:
+    """The question's distinct search terms, in order (what both the MATCH and the similarity use)."""
+    return list(dict.fromkeys(search_terms(text)))
+
+
+def keyword_candidates(kb, text: str, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+    """[(chunk id, BM25 >= 0)] best first, at most `k`; with `allowed`, only those chunk ids."""
+    if k <= 0:
+        return []
+    if allowed is None:
+        return kb.keyword_search(text, k)
+    if not allowed:
+        return []
+    match = fts_query(text)
+    if match is None:
+        return []
+    out: list[tuple[int, float]] = []
+    ids = sorted(allowed)
+    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        part = ids[start:start + 500]
+        marks = ",".join("?" * len(part))
+        rows = kb.conn.execute(
+            f"SELECT rowid, bm25(chunk_terms) FROM chunk_terms WHERE chunk_terms MATCH ? AND rowid IN ({marks})",
+            (match, *part))
+        out.extend((int(r), -float(s)) for r, s in rows)  # FTS5's bm25() is negated: lower = better
+    out.sort(key=lambda pair: -pair[1])
+    return out[:k]
+
+
+def _document_frequencies(conn, terms: Sequence[str]) -> dict[str, int]:
+    """{term: chunks containing it}, from FTS5's term index via a temp fts5vocab table (created once per
+    connection, in the temp schema: nothing is written to the knowledge base)."""
+    marks = ",".join("?" * len(terms))
+    sql = f"SELECT term, doc FROM temp.{_VOCAB} WHERE term IN ({marks})"
+    try:
+        return dict(conn.execute(sql, tuple(terms)))
+    except sqlite3.OperationalError:
+        with _lock:
+            conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{_VOCAB} USING fts5vocab(main, chunk_terms, row)")
+        return dict(conn.execute(sql, tuple(terms)))
+
+
+_counts: dict[tuple[str, str], int] = {}  # (KB folder, index generation) -> chunks; a commit changes the generation
+
+
+def chunk_count(kb) -> int:
+    """Chunks in the KB (cached per committed generation, so a question never counts a large table)."""
+    conn = kb.conn
+    row = conn.execute("SELECT value FROM meta WHERE key = 'index_generation'").fetchone()
+    key = (str(kb.path), row[0] if row else "0")
+    n = _counts.get(key)
+    if n is None:
+        n = _counts[key] = int(conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+    return n
+
+
+class TermStats:
+    """Document frequencies of a question's terms in one KB: the IDF weights of the keyword similarity, and
+    FTS5's own BM25 IDF for the largest BM25 the question can reach there."""
+
+    K1 = 1.2  # FTS5's bm25() parameters
+    B = 0.75
+
+    def __init__(self, kb, terms: Sequence[str]):
+        self.terms = list(terms)
+        self.n_docs = chunk_count(kb)
+        df = _document_frequencies(kb.conn, self.terms) if self.terms else {}
+        n = self.n_docs
+        self.df = {t: int(df.get(t, 0)) for t in self.terms}
+        # idf(t) = ln(1 + (N - n_t + 0.5) / (n_t + 0.5)): > 0 for every term, even one in every chunk
+        self.idf = {t: math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for t, d in self.df.items()}
+
+    def bm25_upper(self) -> float:
+        """The BM25 bound sum_t idf_fts5(t) * (k1 + 1) (a chunk with every term, tf -> infinity)."""
+        total = 0.0
+        for d in self.df.values():
+            idf = math.log((self.n_docs - d + 0.5) / (d + 0.5)) if self.n_docs else 0.0
+            total += max(idf, 1e-6) * (self.K1 + 1)  # FTS5 floors idf at 1e-6
+        return total
+
+
+def idf_weights(kb, terms: Sequence[str]) -> dict[str, float]:
+    """idf(t) = ln(1 + (N - n_t + 0.5) / (n_t + 0.5)) for each term (N = chunks in the KB)."""
+    return TermStats(kb, terms).idf if terms else {}
+
+
+def chunk_term_texts(kb, ids: Iterable[int]) -> dict[int, str]:
+    """The indexed terms of each chunk as stored at ingest: one string, terms separated by single spaces."""
+    ids = [int(i) for i in ids]
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        marks = ",".join("?" * len(part))
+        for rowid, terms in kb.conn.execute(f"SELECT rowid, terms FROM chunk_terms WHERE rowid IN ({marks})", part):
+            out[int(rowid)] = terms
+    return out
+
+
+def keyword_similarity(idf: dict[str, float], chunk_terms: str | set[str]) -> float:
+    """The IDF-weighted share of the question's terms found in the chunk, in [0, 1].
+    `chunk_terms`: the chunk's term set, or its stored space-separated term string."""
+    total = sum(idf.values())
+    if total <= 0:
+        return 0.0
+    if isinstance(chunk_terms, str):
+        padded = f" {chunk_terms} "  # terms never contain spaces: a padded substring test is an exact term match
+        found = sum(w for t, w in idf.items() if f" {t} " in padded)
+    else:
+        found = sum(w for t, w in idf.items() if t in chunk_terms)
+    return min(1.0, found / total)
+
+
+def keyword_similarities(kb, text: str, ids: Iterable[int], stats: TermStats | None = None) -> dict[int, float]:
+    """keyword_score for each chunk id (0.0 for chunks sharing no term with the question)."""
+    ids = list(ids)
+    if not ids:
+        return {}
+    stats = stats or TermStats(kb, query_terms(text))
+    if not stats.terms:
+        return {int(i): 0.0 for i in ids}
+    texts = chunk_term_texts(kb, ids)
+    return {int(i): keyword_similarity(stats.idf, texts.get(int(i), "")) for i in ids}
