@@ -64,9 +64,20 @@ class EmbeddingSettings(BaseModel):
     )
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'.")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+    backend: Literal["torch", "openvino", "onnx", "onnx-int8"] = Field(
         "torch",
-        description="'torch', or ONNX Runtime ('onnx', 'onnx-int8' = dynamically quantized) for faster CPU ingest.",
+        description=(
+            "'torch' (any device); for faster CPU ingest: 'openvino' (OpenVINO; bf16 on CPUs with native bf16), "
+            "'onnx' (ONNX Runtime, fp32) or 'onnx-int8' (ONNX Runtime, int8 weights). Those three convert the "
+            "model once, offline, into cache_dir."
+        ),
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description=(
+            "Where converted models (OpenVINO/ONNX) are kept, one folder per model and backend. "
+            "None = $KB_QA_MODEL_CACHE, else ~/.cache/kb_qa/models."
+        ),
     )
     query_prefix: str = Field("", description="Prepended to queries (e.g. bge's instruction); empty for MiniLM.")
     max_seq_length: int | None = Field(None, description="Truncate inputs to this many tokens (None = model's).")
