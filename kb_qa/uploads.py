@@ -41,6 +41,8 @@ def save_upload(docs_root: Path, kb: str, filename: str, data: bytes, *, max_byt
         raise UploadRejected(f"{name}: {len(data) / 2**20:.1f} MiB is over the upload limit of "
                              f"{max_bytes / 2**20:.1f} MiB (ingest.max_file_mb)")
     folder = Path(docs_root) / kb
+    if folder.is_symlink():
+        raise UploadRejected(f"{name}: the knowledge base folder {folder} is a symbolic link; refusing to write")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         target = safe_join(folder, name)

@@ -87,3 +87,20 @@ def test_safe_join_refuses_symlinked_dirs(tmp_path):
 def test_sanitize_keeps_extension_when_truncating():
     name = sanitize_filename("长" * 200 + ".pdf")
     assert name.endswith(".pdf") and len(name.encode()) <= 255
+
+
+def test_symlinked_kb_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "docs").mkdir()
+    os.symlink(outside, tmp_path / "docs" / "evil")
+    with pytest.raises(UploadRejected, match="symbolic link"):
+        save_upload(tmp_path / "docs", "evil", "x.txt", b"x", max_bytes=100, extensions=EXT)
+    from kb_qa.store import KnowledgeBase, KnowledgeBaseError
+
+    os.symlink(outside, tmp_path / "store")  # the root itself may be a link; a KB folder may not
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", outside / "kb")
+    with pytest.raises(KnowledgeBaseError, match="symbolic link"):
+        KnowledgeBase.open(tmp_path / "store", "kb", create=True)
+    assert list(outside.iterdir()) == [outside / "kb"] and list((tmp_path / "real").iterdir()) == []

@@ -77,6 +77,8 @@ class KnowledgeBase:
     @classmethod
     def open(cls, store_root: Path, name: str, *, create: bool = False) -> KnowledgeBase:
         kb = cls(store_root, name)
+        if kb.path.is_symlink():
+            raise KnowledgeBaseError(f"knowledge base {name!r}: {kb.path} is a symbolic link; refusing to use it")
         if not kb._db.is_file():
             if not create:
                 raise KnowledgeBaseNotFound(f"knowledge base {name!r} does not exist (looked in {kb.path})")

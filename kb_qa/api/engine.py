@@ -1,0 +1,286 @@
+"""The API's one adapter to the model-dependent parts: the LLM (kb_qa.llm), retrieval (kb_qa.retrieval) and the
+question-answering chain (kb_qa.qa). Routes call only this; if those modules change shape, this file changes.
+
+Blocking by design (models run on threads): routes call it from the thread pool. It does not queue or limit
+anything (that is `kb_qa.api.capacity`), and does not format HTTP responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from kb_qa.app import App
+from kb_qa.schema import Answer, Source
+
+log = logging.getLogger(__name__)
+
+History = Sequence[tuple[str, str]]
+GREEDY_BELOW = 1e-5  # temperatures below this mean greedy decoding (0)
+
+
+class LLMUnavailable(RuntimeError):
+    """Plain chat was asked for but no language model is loaded (retrieval-only mode)."""
+
+
+class BadRequest(ValueError):
+    """The request cannot be answered as asked (HTTP 400)."""
+
+
+class PromptTooLong(BadRequest):
+    """The question (with its history) does not fit the token budget the request allows."""
+
+
+class _SamplingHandle:
+    """An LLM handle whose LangChain LLM gets extra per-call sampling keywords (e.g. top_p) on every call."""
+
+    def __init__(self, handle, extra: dict, stop: list[str] | None = None):
+        self._handle = handle
+        self.tokenizer = getattr(handle, "tokenizer", None)
+        self.langchain_llm = _SamplingLLM(handle.langchain_llm, {k: v for k, v in extra.items() if v is not None},
+                                          stop)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+class _SamplingLLM:
+    """Adds the request's keywords to the answer's `stream` (stop strings only there: not to the follow-up
+    rewriting, which uses `invoke`)."""
+
+    def __init__(self, llm, extra: dict, stop: list[str] | None):
+        self._llm, self._extra, self._stop = llm, extra, stop
+
+    def stream(self, prompt, **kwargs):
+        if self._stop:
+            kwargs["stop"] = self._stop
+        return self._llm.stream(prompt, **{**kwargs, **self._extra})
+
+    def invoke(self, prompt, **kwargs):
+        return self._llm.invoke(prompt, **{**kwargs, **self._extra})
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Per-request sampling; None = the settings' value. `max_length` is ChatGLM2's prompt + answer tokens."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+
+    def __post_init__(self):
+        # logits / 1e-300 overflow to inf and sampling fails; a temperature that small is greedy decoding anyway.
+        if self.temperature is not None and self.temperature < GREEDY_BELOW:
+            object.__setattr__(self, "temperature", 0.0)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str | None
+    state: str  # loaded | not-loaded | loading | unavailable
+    detail: str | None = None
+
+
+class Engine:
+    def __init__(self, app: App):
+        self.app = app
+        self._llm_lock = threading.Lock()
+        self._llm_loading = False
+        self._llm_done = False
+        self._llm = None
+        self._llm_reason: str | None = None
+
+    # -- models --------------------------------------------------------------------------------------------
+    def embedding_info(self) -> ModelInfo:
+        name = self.app.settings.embedding.model
+        model = self.app.__dict__.get("embeddings")  # the App's cached_property, if it was loaded
+        if model is None:
+            return ModelInfo(name, "not-loaded", "loads on first use")
+        describe = getattr(model, "describe", None)
+        return ModelInfo(name, "loaded", describe() if describe else None)
+
+    def llm_info(self) -> ModelInfo:
+        if self._llm_loading:
+            return ModelInfo(self.llm_name(), "loading", None)
+        if not self._llm_done:
+            if self._configured_reason() is not None:
+                return ModelInfo(None, "unavailable", self._configured_reason())
+            return ModelInfo(self.llm_name(), "not-loaded", "loads on first use")
+        if self._llm is None:
+            return ModelInfo(None, "unavailable", self._llm_reason)
+        describe = getattr(self._llm, "describe", None)
+        return ModelInfo(self.llm_name(), "loaded", describe() if describe else None)
+
+    def llm_name(self) -> str | None:
+        """The chat model's id (OpenAI `model`), or None in retrieval-only mode."""
+        if self._llm is not None and getattr(self._llm, "name", None):
+            return self._llm.name
+        if self._configured_reason() is not None or (self._llm_done and self._llm is None):
+            return None
+        s = self.app.settings.llm
+        if s.backend == "openai":
+            return s.openai_model
+        return PurePath(str(s.model_path).rstrip("/\\")).name or "chatglm2"
+
+    def _configured_reason(self) -> str | None:
+        """Why there will be no LLM, judged from the settings and the file system only (cheap)."""
+        if self._llm is not None:
+            return None
+        try:
+            from kb_qa.llm.factory import retrieval_only_reason
+        except ImportError as exc:
+            return f"retrieval-only: the LLM backend is not available ({exc})"
+        return retrieval_only_reason(self.app.settings.llm)
+
+    def llm(self):
+        """The loaded LLM handle (loading it on first call), or None in retrieval-only mode. Thread-safe."""
+        if self._llm_done:
+            return self._llm
+        with self._llm_lock:
+            if self._llm_done:
+                return self._llm
+            self._llm_loading = True
+            try:
+                self._llm, self._llm_reason = self._load_llm()
+            finally:
+                self._llm_loading = False
+                self._llm_done = True
+            return self._llm
+
+    def _load_llm(self):
+        reason = self._configured_reason()
+        if reason is not None:
+            return None, reason
+        from kb_qa.llm.factory import resolve_llm
+
+        started = time.perf_counter()
+        try:
+            handle, detail = resolve_llm(self.app.settings.llm)
+        except Exception as exc:
+            log.exception("loading the LLM failed")
+            return None, f"retrieval-only: loading the LLM failed: {exc}"
+        if handle is not None:
+            log.info("LLM loaded in %.1f s: %s", time.perf_counter() - started, detail)
+            return handle, None
+        return None, detail
+
+    def generating(self) -> bool:
+        """Whether answers use the LLM (then they go through the generation gate)."""
+        return self.llm() is not None
+
+    # -- retrieval -----------------------------------------------------------------------------------------
+    def search(self, kb: str, query: str, *, top_k: int | None = None,
+               score_threshold: float | None = None) -> list[Source]:
+        """Retrieval only: the best passages of knowledge base `kb` for `query`, scores in [0, 1] (see
+        kb_qa.retrieval.retriever for what a score means)."""
+        from kb_qa.retrieval.retriever import retriever_for
+
+        return retriever_for(self.app).search(query, kb, top_k=top_k, score_threshold=score_threshold)
+
+    # -- answering -----------------------------------------------------------------------------------------
+    def answer(self, question: str, history: History, kb: str, params: GenParams,
+               top_k: int | None = None) -> Answer:
+        """An answer from knowledge base `kb` (LLM, or retrieval-only when none is loaded)."""
+        answer = None
+        for piece in self.stream_answer(question, history, kb, params, top_k):
+            if isinstance(piece, Answer):
+                answer = piece
+        assert answer is not None
+        return answer
+
+    def stream_answer(self, question: str, history: History, kb: str, params: GenParams,
+                      top_k: int | None = None) -> Iterator[str | Answer]:
+        """Text pieces as they are generated, then the complete `Answer` (last item): kb_qa.qa.chain."""
+        from kb_qa.qa.chain import QAChain
+
+        if not question.strip():
+            raise BadRequest("the question is empty")
+        llm = self.llm()
+        overrides = {"retrieval.top_k": top_k}
+        if llm is not None:
+            overrides.update(self._window_overrides(params))
+            # The chain passes temperature and max_new_tokens to the model itself; top_p and stop ride along here.
+            llm = _SamplingHandle(llm, {"top_p": params.top_p}, stop=list(params.stop) or None)
+        chain = QAChain(self.app, llm)
+        return chain.stream_answer(question, list(history), kb, overrides=overrides)
+
+    def _window_overrides(self, params: GenParams) -> dict:
+        """Per-request settings for the chain: sampling, and ChatGLM2's `max_length` (prompt + answer tokens) as
+        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it)."""
+        s = self.app.settings.llm
+        out = {"llm.temperature": params.temperature, "llm.max_new_tokens": params.max_new_tokens}
+        if params.max_length is not None:
+            window = max(256, min(s.max_context_tokens, params.max_length))
+            answer = params.max_new_tokens or s.max_new_tokens
+            out["llm.max_context_tokens"] = window
+            out["llm.max_new_tokens"] = max(1, min(answer, window // 2))
+        return out
+
+    def chat(self, prompt: str, history: History, params: GenParams) -> Answer:
+        answer = None
+        for piece in self.stream_chat(prompt, history, params):
+            if isinstance(piece, Answer):
+                answer = piece
+        assert answer is not None
+        return answer
+
+    def stream_chat(self, prompt: str, history: History, params: GenParams) -> Iterator[str | Answer]:
+        """Plain chat with the LLM (no knowledge base), ChatGLM2's dialogue format: text pieces, then the Answer."""
+        llm = self.llm()
+        if llm is None:
+            raise LLMUnavailable(f"no language model loaded ({self._llm_reason}); "
+                                 "name a knowledge base for retrieval-only answers")
+        overrides = self._overrides(llm, params, lambda: llm.count_prompt_tokens(prompt, history))
+        pieces = llm.stream_chat(prompt, list(history), **overrides)  # checks the window before generating
+        return self._collect(prompt, pieces)
+
+    @staticmethod
+    def _collect(question: str, pieces: Iterator[str]) -> Iterator[str | Answer]:
+        started = time.perf_counter()
+        text = []
+        try:
+            for piece in pieces:
+                text.append(piece)
+                yield piece
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # stops the model at its next token when the reader left early
+        yield Answer(question, "".join(text), [], mode="chat", query=question,
+                     timings_ms={"total": (time.perf_counter() - started) * 1000})
+
+    @staticmethod
+    def _overrides(llm, params: GenParams, prompt_tokens) -> dict:
+        """Sampling overrides for the LLM. `max_length` (ChatGLM2's prompt + answer) becomes max_new_tokens."""
+        overrides = {"temperature": params.temperature, "top_p": params.top_p,
+                     "max_new_tokens": params.max_new_tokens, "stop": params.stop or None}
+        if params.max_length is not None:
+            room = params.max_length - prompt_tokens()
+            if room < 1:
+                raise PromptTooLong(f"the prompt alone is longer than max_length={params.max_length} tokens")
+            cap = overrides["max_new_tokens"] or getattr(llm, "max_new_tokens", room)
+            overrides["max_new_tokens"] = min(cap, room)
+        return {k: v for k, v in overrides.items() if v is not None}
+
+    def count_prompt_tokens(self, question: str, history: History) -> int | None:
+        """Tokens of ChatGLM2's dialogue prompt for `question` after `history`; None in retrieval-only mode."""
+        llm = self.llm()
+        count = getattr(llm, "count_prompt_tokens", None) if llm is not None else None
+        return count(question, list(history)) if count is not None else None
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of `text` with the answering model's tokenizer; None in retrieval-only mode."""
+        llm = self.llm()
+        tokenizer = getattr(llm, "tokenizer", None) if llm is not None else None
+        if tokenizer is None:
+            return None
+        return tokenizer.count_tokens(text, add_prefix=False)
