@@ -5,11 +5,12 @@
     KnowledgeBaseRetriever(app=app, kbs=[...])      the same as a LangChain `BaseRetriever`
 
 What `Source.score` means (and `retrieval.score_threshold` is compared with): a relevance similarity in [0, 1],
-higher = closer, independent of where the chunk ranks and of how many chunks the KB holds:
+higher = closer; a measure of the chunk against the question, not a rank value:
   - both retrievers on (default): w_d * dense_score + w_k * keyword_score, a weighted mean of
       dense_score   = max(0, cosine similarity of question and chunk embeddings)            (dense.py)
       keyword_score = IDF-weighted share of the question's terms that occur in the chunk    (keyword.py)
-    with per-question weights from how decisively each retriever singles out its best match (fusion.py);
+    with per-question weights from how much information each retriever's score distribution carries over its
+    candidates (flat = none, one clear winner = much; fusion.py), the same weights that rank the candidates;
   - one retriever switched off: the other one's similarity;
   - with a reranker configured: the cross-encoder's relevance probability (rerank.py).
 Sources come in fused (or reranked) rank order. 0 keeps everything; e.g. 0.5 drops chunks that share little with
