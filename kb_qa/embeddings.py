@@ -6,16 +6,20 @@ or a name already in the local Hugging Face cache. Nothing is downloaded.
 
 Backends (`embedding.backend`), one `match` in `SentenceTransformerEmbeddings.__init__`, each importing its
 library lazily:
-  torch      sentence-transformers' own forward pass (any device).
-  openvino   the whole sentence-transformers pipeline (transformer + pooling) converted once to an OpenVINO
-             model; runs in OpenVINO's default CPU precision: bf16 on CPUs with native bf16 (AVX512-BF16, AMX),
-             else f32. Cosine to torch's vectors >= 0.9999. Needs `openvino`.
+  openvino   (default) the whole sentence-transformers pipeline (transformer + pooling) converted once to an
+             OpenVINO model; runs in OpenVINO's default CPU precision: bf16 on CPUs with native bf16
+             (AVX512-BF16, AMX), else f32. Cosine to torch's vectors >= 0.9999, ~3x torch's throughput on a
+             2-core Zen CPU. Needs `openvino`.
+  torch      sentence-transformers' own forward pass, any device. Used instead of the others whenever
+             embedding.device resolves to something other than the CPU.
   onnx       the same pipeline exported once to ONNX, run by ONNX Runtime in fp32 (same vectors as torch to
              ~1e-6). Needs `onnxruntime` and `onnx`.
   onnx-int8  that graph with int8 weights (dynamic quantization, per channel; the FFN output projections stay
              fp32: their GELU inputs have outliers that per-tensor activation quantization cannot hold).
-             Cosine to torch ~0.995. Needs `onnxruntime` and `onnx`.
-Pins: requirements-bench.txt. Measured speed and retrieval quality: bench/README.md.
+             Cosine to torch ~0.995 (~0.98 for one-word texts); activations are quantized with one scale per
+             batch, so a text's vector depends slightly on its batch-mates. Needs `onnxruntime` and `onnx`.
+Pins: openvino in requirements.txt, onnxruntime/onnx in requirements-bench.txt. Measured speed and retrieval
+quality: bench/README.md (python bench/bench_ingest.py --quality).
 
 Converted models are made offline from the local model folder the first time a backend is used, then reused:
 
@@ -94,7 +98,7 @@ def resolve_model_path(name: str) -> str:
 
     try:
         return snapshot_download(name, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not available offline"
+    except Exception as exc:  # any failure here means "not available offline"
         raise EmbeddingModelNotFound(
             f"embedding model {name!r} is neither a local folder nor in the local Hugging Face cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it once on a connected machine "
@@ -295,12 +299,9 @@ class _TorchBackend:
 
 class _ConvertedBackend:
     """A converted model in the cache: our own tokenizing (the tokenizer saved with it, same ids as the torch
-    path), batches in length order, one `_run(feed)` per batch."""
+    path), batches in length order, one `_run(feed)` per batch. CPU only."""
 
     def __init__(self, model_path: str, settings: EmbeddingSettings):
-        if pick_device(settings.device) != "cpu":
-            log.warning("embedding.backend %r runs on the CPU; device %r ignored (use torch for GPUs)",
-                        settings.backend, settings.device)
         try:
             self.folder = ensure_converted(settings, model_path)
         except ImportError as exc:
@@ -343,7 +344,8 @@ class _OpenVINOBackend(_ConvertedBackend):
         super().__init__(model_path, settings)
         # LATENCY: one stream using every core for each batch (ingest sends one batch at a time).
         self.compiled = ov.Core().compile_model(str(self.folder / "model.xml"), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # bf16 or f32, chosen by OpenVINO for the CPU
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.device = f"cpu, {self.precision}"
         self._request = self.compiled.create_infer_request()
 
@@ -376,7 +378,13 @@ class SentenceTransformerEmbeddings(Embeddings):
         self.settings = settings
         self.model_name = settings.model
         path = resolve_model_path(settings.model)
-        match settings.backend:
+        backend = settings.backend
+        if backend != "torch" and (device := pick_device(settings.device)) != "cpu":
+            log.warning("embedding.backend %r runs on the CPU only; using torch on %s (embedding.device)",
+                        backend, device)
+            backend = "torch"
+        self.backend = backend
+        match backend:
             case "torch":
                 self._backend = _TorchBackend(path, settings)
             case "openvino":
@@ -389,7 +397,7 @@ class SentenceTransformerEmbeddings(Embeddings):
         self._lock = threading.Lock()
 
     def describe(self) -> str:
-        return f"{self.model_name} ({self.dimension} dims, {self._backend.device}, {self.settings.backend})"
+        return f"{self.model_name} ({self.dimension} dims, {self._backend.device}, {self.backend})"
 
     def encode(self, texts: list[str], *, show_progress: bool = False) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised. (`show_progress` is accepted for compatibility; the ingest

@@ -65,11 +65,12 @@ class EmbeddingSettings(BaseModel):
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'.")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     backend: Literal["torch", "openvino", "onnx", "onnx-int8"] = Field(
-        "torch",
+        "openvino",
         description=(
-            "'torch' (any device); for faster CPU ingest: 'openvino' (OpenVINO; bf16 on CPUs with native bf16), "
-            "'onnx' (ONNX Runtime, fp32) or 'onnx-int8' (ONNX Runtime, int8 weights). Those three convert the "
-            "model once, offline, into cache_dir."
+            "How the model runs. 'openvino': OpenVINO on the CPU, ~3x torch's CPU ingest throughput, same retrieval "
+            "quality (bf16 on CPUs with native bf16, else f32). 'torch': sentence-transformers, any device; used "
+            "whenever device is not the CPU. 'onnx': ONNX Runtime fp32. 'onnx-int8': int8 weights (vectors depend "
+            "slightly on their batch-mates). All but torch convert the model once, offline, into cache_dir."
         ),
     )
     cache_dir: Path | None = Field(
