@@ -20,7 +20,6 @@ Bandwidth bound for batch-1 bf16 decode on an H200: ~402 tokens/s (11.95 GB read
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from kb_qa.llm.generation import ChatGLM2Generator, SamplingParams  # noqa: E402
+from kb_qa.llm.loader import _default_dtype  # noqa: E402
 
 CHATGLM2_6B = {"model_type": "chatglm", "hidden_size": 4096, "num_layers": 28, "num_attention_heads": 32,
                "kv_channels": 128, "multi_query_attention": True, "multi_query_group_num": 2, "ffn_hidden_size": 13696,
@@ -152,16 +152,6 @@ def bench_cpu(args) -> dict:
 
 
 # -- GPU ---------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _default_dtype(dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def build_full_size(attn: str):
     from transformers import GlmForCausalLM
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kb_qa.naming import InvalidName, safe_join, sanitize_filename, validate_kb_name
+from kb_qa.store.vector_index import file_sha256
 
 
 class UploadRejected(ValueError):
@@ -52,7 +53,7 @@ def save_upload(docs_root: Path, kb: str, filename: str, data: bytes, *, max_byt
         raise UploadRejected(f"{name}: would be written outside the knowledge base folder")
     if target.is_symlink() or (target.exists() and not target.is_file()):
         raise UploadRejected(f"{name}: a non-regular file of that name is in the way")
-    if target.is_file() and _sha256_file(target) == hashlib.sha256(data).hexdigest():
+    if target.is_file() and file_sha256(target) == hashlib.sha256(data).hexdigest():
         return SavedUpload(name, target, unchanged=True)
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
     try:
@@ -66,10 +67,3 @@ def save_upload(docs_root: Path, kb: str, filename: str, data: bytes, *, max_byt
         raise
     return SavedUpload(name, target, unchanged=False)
 
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
