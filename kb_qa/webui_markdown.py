@@ -20,7 +20,7 @@ import re
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
-from kb_qa.webui_support import fence, md_literal
+from kb_qa.webui_support import LiteralStream, fence, md_literal
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _SAFE_SCHEMES = {"http", "https", "mailto"}
@@ -153,17 +153,24 @@ class _Writer:
 
     def text(self, text: str) -> str:
         if not self.anchor or not self.n_sources:
-            return md_literal(text)
+            return _escape_inline(text)
         out, last = [], 0
         for m in _CITATION.finditer(text):
             n = int(m.group(1))
             if not 1 <= n <= self.n_sources:
                 continue
-            out.append(md_literal(text[last:m.start()]))
+            out.append(_escape_inline(text[last:m.start()]))
             out.append(f"[\\[{n}\\]](#{self.anchor})")
             last = m.end()
-        out.append(md_literal(text[last:]))
+        out.append(_escape_inline(text[last:]))
         return "".join(out)
+
+
+def _escape_inline(text: str) -> str:
+    """md_literal for text inside a line (a text node never starts a line: its spaces stay spaces)."""
+    escaper = LiteralStream()
+    escaper._line_start = False  # noqa: SLF001 - the one option LiteralStream has no argument for
+    return escaper.feed(text)
 
 
 def _code_span(content: str) -> str:
