@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 
 import streamlit as st
@@ -77,27 +76,6 @@ def shared_jobs():
 @st.cache_resource
 def shared_store() -> ConversationStore:
     return ConversationStore(shared_app().store_root / ".webui")
-
-
-@st.cache_resource
-def generation_lock() -> threading.Lock:
-    """One generation at a time per process: the LLM (and its GPU memory) is shared by all sessions."""
-    return threading.Lock()
-
-
-@st.cache_resource(show_spinner="Loading the language model (once per process)…")
-def shared_llm():
-    """(handle, description, None) when a model is loaded; (None, why answers are retrieval-only, error or None)
-    otherwise. A failed load is cached too (a 6B model must not be retried on every click): see 'Retry'."""
-    from kb_qa.llm.factory import resolve_llm
-
-    try:
-        handle, text = resolve_llm(shared_app().settings.llm)
-    except Exception as exc:  # noqa: BLE001 - e.g. out of memory, an unsupported checkpoint: answer retrieval-only
-        log.exception("loading the language model failed")
-        _free_gpu_memory(exc)
-        return None, f"retrieval-only: the model failed to load: {friendly_error(exc)}", exc
-    return handle, text, None
 
 
 # ======================================================================================================
@@ -256,16 +234,22 @@ def set_owner(store: ConversationStore) -> None:
 
 
 def model_state(app, box) -> None:
-    _, llm_text, llm_error = shared_llm()
+    """The models' state, at the end of the run: the first run of the process waits here for the model to load
+    (App.llm loads once, never raises; a failed load says why and is retried only on request)."""
+    app.llm  # noqa: B018 - load it now, so the first question does not wait
+    status = app.llm_status()
     with box:
         st.caption(md_literal(f"Embeddings: {embedding_state(app)}"))
-        st.caption(md_literal(f"LLM: {llm_text}"))
-        if llm_error is not None:
-            st.button("Retry loading the model", on_click=shared_llm.clear)
+        if status.loaded:
+            st.caption(md_literal(f"LLM: {status.reason or status.name}"))
+        else:
+            st.caption(md_literal(f"LLM: retrieval-only: {status.reason or status.state}"))
+        if status.configured and not status.loaded:
+            st.button("Retry loading the model", on_click=app.reset_llm)
 
 
 def embedding_state(app) -> str:
-    if "embeddings" in vars(app):  # already loaded (App.embeddings is a cached property)
+    if app.embeddings_loaded:
         try:
             return app.embeddings.describe()
         except Exception:  # noqa: BLE001 - a description is not worth an error
@@ -369,7 +353,7 @@ def render_sources(turn: Turn, n: int) -> None:
 
 @st.dialog("Source", width="large")
 def source_viewer(app, source: SourceRecord, terms: str) -> None:
-    from kb_qa.naming import safe_join
+    from kb_qa.paths import safe_join
 
     st.markdown(f"**{md_literal(source.label())}** · {md_literal(source.kb)}")
     st.markdown(highlight_terms(source.text, terms))
@@ -428,17 +412,16 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
             turn.sources = [SourceRecord.of(s) for s in sources]
             turn.query = query
 
-        lock = generation_lock()
-        if not lock.acquire(blocking=False):
-            with st.spinner("Another answer is being generated; waiting for the model…"):
-                lock.acquire()
+        app = shared_app()
+        if app.generation_lock.locked():  # the model generates for one session at a time; this one queues
+            waiting = translate("waiting for the model (another answer is being generated)…", lang)
+            body.markdown(f"*{md_literal(waiting)}*")
         stream = None
         try:
-            from kb_qa.qa.chain import stream_answer
             from kb_qa.schema import Answer
 
-            stream = stream_answer(shared_app(), question, kbs=kbs, history=history, llm=shared_llm()[0],
-                                   overrides=request_overrides(), on_sources=on_sources)
+            stream = app.chain().stream_answer(question, history, kbs, overrides=request_overrides(),
+                                               on_sources=on_sources)
             shown = 0.0
             for item in stream:
                 if isinstance(item, Answer):
@@ -457,10 +440,9 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
             turn.error = answer_note("failed", lang, error=friendly_error(exc))
             log.warning("answering failed: %r", exc, exc_info=not is_expected(exc))
             _free_gpu_memory(exc)
-        finally:  # also on Stop / a rerun (BaseException): end the generation before another may start
+        finally:  # also on Stop / a rerun (BaseException): closing the stream ends the generation and frees the lock
             if stream is not None:
                 stream.close()
-            lock.release()
             answer = result.get("answer")
             if answer is not None:
                 turn.answer, turn.mode, turn.query = answer.text, answer.mode, answer.query
@@ -681,7 +663,7 @@ def remove_document(app, name: str, source: str) -> None:
 
 
 def remove_failed_file(app, name: str) -> None:
-    from kb_qa.naming import safe_join
+    from kb_qa.paths import safe_join
 
     ss = st.session_state
     source = ss.get("failed_to_remove")

@@ -31,14 +31,11 @@ log = logging.getLogger(__name__)
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The error classes a user causes or fixes (shown as one line, no traceback). KbQaError is the family;
-    the others are listed until their modules derive them from it."""
+    the store's errors are listed until kb_qa.store derives them from it."""
     from kb_qa.errors import KbQaError
-    from kb_qa.ingest.loaders import LoadError
-    from kb_qa.naming import InvalidName
     from kb_qa.store import KnowledgeBaseError
-    from kb_qa.uploads import UploadRejected
 
-    return KbQaError, KnowledgeBaseError, InvalidName, UploadRejected, LoadError
+    return KbQaError, KnowledgeBaseError
 
 
 def is_expected(exc: BaseException) -> bool:

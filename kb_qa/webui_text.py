@@ -39,6 +39,7 @@ ZH = {
     "Stop": "停止",
     "searching…": "检索中…",
     "generating…": "生成中…",
+    "waiting for the model (another answer is being generated)…": "等待模型（正在生成另一个回答）…",
     "Regenerate": "重新生成",
     "Copy": "复制",
     "Sources": "来源",

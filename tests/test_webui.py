@@ -137,7 +137,7 @@ def test_export_is_inert_markdown():
 def test_friendly_errors():
     import torch
 
-    from kb_qa.naming import InvalidName
+    from kb_qa.paths import InvalidName
     from kb_qa.store import KnowledgeBaseBusy
 
     assert "busy" in friendly_error(KnowledgeBaseBusy("locked"))
@@ -291,15 +291,15 @@ def test_create_upload_ask_remove_switch(tiny_llm_env):
     # a second round: both turns stay on the page; the first round goes to the model as history
     import kb_qa.qa.chain
 
-    seen, real = {}, kb_qa.qa.chain.stream_answer
+    seen, real = {}, kb_qa.qa.chain.QAChain.stream_answer
 
-    def spy(app, question, **kwargs):
-        seen.update(question=question, history=list(kwargs.get("history") or []))
-        return real(app, question, **kwargs)
+    def spy(chain, question, history=(), kbs=None, **kwargs):
+        seen.update(question=question, history=list(history))
+        return real(chain, question, history, kbs, **kwargs)
 
     first = at.session_state.conversation.turns[0]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kb_qa.qa.chain, "stream_answer", spy)
+        patch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", spy)
         ask(at, "And in Chinese?")
     assert seen["question"] == "And in Chinese?"
     assert seen["history"] == [("What does the quick brown fox jump over?", first.answer)] and first.answer
@@ -375,17 +375,16 @@ def test_retrieval_only_clear_and_export(page_env):
 def test_sidebar_settings_reach_the_chain(page_env, monkeypatch):
     seen = {}
 
-    def fake_stream_answer(app, question, *, kbs=None, history=(), llm=None, overrides=None, files=None,
-                           on_sources=None):
+    def fake_stream_answer(chain, question, history=(), kbs=None, *, overrides=None, files=None, on_sources=None):
         from kb_qa.schema import Answer
 
-        seen.update(question=question, kbs=kbs, history=list(history), overrides=dict(overrides), llm=llm)
+        seen.update(question=question, kbs=kbs, history=list(history), overrides=dict(overrides), llm=chain.llm)
         yield "ok"
         yield Answer(question, "ok", [], mode="no-answer")
 
     import kb_qa.qa.chain
 
-    monkeypatch.setattr(kb_qa.qa.chain, "stream_answer", fake_stream_answer)
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", fake_stream_answer)
     at = open_page()
     create_kb(at, "kb")
     view(at, CHAT)
@@ -437,11 +436,11 @@ def test_errors_are_messages_and_the_page_keeps_working(page_env, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield  # pragma: no cover
 
-    original = kb_qa.qa.chain.stream_answer
-    monkeypatch.setattr(kb_qa.qa.chain, "stream_answer", oom)
+    original = kb_qa.qa.chain.QAChain.stream_answer
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", oom)
     ask(at, "anything?")
     assert "ran out of memory" in " ".join(texts(at.error))
-    monkeypatch.setattr(kb_qa.qa.chain, "stream_answer", original)
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", original)
     ask(at, "What is in escape.txt?")  # the page still answers afterwards
     assert len(at.chat_message) == 4 and at.chat_message[-1].expander
 
