@@ -256,8 +256,9 @@ def choose_files(page, files):
 def upload(page, kb, files):
     choose_files(page, files)
     page.get_by_role("button", name=f"Add to {kb}", exact=True).click()
+    report = page.locator("[data-testid=stAlertContentSuccess], [data-testid=stAlertContentWarning]").first
+    report.wait_for(timeout=4 * TIMEOUT_MS)  # the first upload of the process also loads the embedding model
     settle(page)
-    page.locator("[data-testid=stAlertContentSuccess], [data-testid=stAlertContentWarning]").first.wait_for()
 
 
 def ask(page, question, *, wait=True):
