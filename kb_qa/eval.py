@@ -207,12 +207,15 @@ def evaluate(app, bench: Bench, kb_name: str, names: dict[str, str], *, modes=MO
         for mode in modes:
             dense, keyword = flags[mode]
             t = time.perf_counter()
-            sources = retriever.search_detailed(text, kb_name, top_k=depth, dense=dense, keyword=keyword).sources
+            # Ranking quality is measured without refusal (threshold 0); whether the default threshold would have
+            # refused is read off the best score (the retriever refuses exactly when it is under the threshold).
+            sources = retriever.search_detailed(text, kb_name, top_k=depth, dense=dense, keyword=keyword,
+                                                score_threshold=0.0).sources
             elapsed = (time.perf_counter() - t) * 1000.0
             r = results[mode]
             r.n += 1
             r.latencies_ms.append(elapsed)
-            r.refused += not sources
+            r.refused += not sources or sources[0].score < settings.retrieval.score_threshold
             ranked = [names.get(s.source) for s in sources]
             rank = next((i for i, pid in enumerate(ranked, start=1) if pid in gold), None)
             if rank is not None:

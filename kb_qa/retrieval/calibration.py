@@ -183,8 +183,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, prior_w: np.ndarray, ridge: float
     n, d = x.shape
     w = prior_w.astype(np.float64).copy()
     free = np.ones(d, dtype=bool) if free is None else free
-    lam = ridge * np.ones(d) / max(groups, 1) * n / max(groups, 1)  # per-row scale: rows ~ groups x candidates
-    lam[0] = lam[0] * 0.1  # the bias moves freely
+    # per-question scale (rows ~ questions x candidates), never under 1 so a handful of questions cannot run away
+    lam = max(1.0, ridge * n / max(groups, 1) ** 2) * np.ones(d)
     for _ in range(50):
         z = x @ w
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
@@ -193,6 +193,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, prior_w: np.ndarray, ridge: float
         step = np.zeros(d)
         idx = np.where(free)[0]
         step[idx] = np.linalg.solve(hess[np.ix_(idx, idx)], grad[idx])
+        step = np.clip(step, -5.0, 5.0)  # damped Newton: no overshoot on nearly separable data
         w_new = w - step
         w_new[1:] = np.maximum(w_new[1:], 0.0)
         if np.max(np.abs(w_new - w)) < 1e-6:
