@@ -112,10 +112,14 @@ class EmbeddingSettings(Section):
 class RetrievalSettings(Section):
     top_k: int = Field(5, ge=1, le=100, description="Chunks returned per question.")
     score_threshold: float = Field(
-        0.0,
+        0.05,
         ge=0.0,
         le=1.0,
-        description="Minimum relevance in [0, 1] (higher = closer); chunks below it are dropped. 0 keeps all.",
+        description=(
+            "Refuse (the no-answer reply) when the best passage's relevance is below this. Relevance = the KB's "
+            "calibrated probability that a passage is the one the question is about (kb_qa.retrieval.calibration), "
+            "the same scale for every embedding model. 0 never refuses."
+        ),
     )
     dense: bool = Field(True, description="Use the vector (embedding) search.")
     keyword: bool = Field(True, description="Use keyword search (BM25; jieba segmentation for Chinese).")
