@@ -188,14 +188,19 @@ class ChatGLM2Generator:
                 "context or llm.max_new_tokens, or load with llm.quantization=int8/int4; the cache was freed"
             ) from error
 
-    def stream(self, prompt: str, **overrides) -> Iterator[str]:
-        """Answer text pieces for `prompt` (a complete ChatGLM2 prompt string) as they are generated."""
+    def stream(self, prompt: str, *, seed: int | None = None, on_finish=None, **overrides) -> Iterator[str]:
+        """Answer text pieces for `prompt` (a complete ChatGLM2 prompt string) as they are generated.
+
+        `seed`: torch's RNG is seeded with it under the model's lock, right before sampling (reproducible answers).
+        `on_finish(generated_tokens, finish_reason)`: called once the answer is complete, before its last piece;
+        finish_reason is 'stop' (end token or stop string) or 'length' (max_new_tokens or the window)."""
         params = self.params.updated(**overrides)
         ids = self.encode_prompt(prompt)
         self._budget(len(ids), params)  # fail before taking the lock
-        return self._stream_ids(ids, params)
+        return self._stream_ids(ids, params, seed, on_finish)
 
-    def _stream_ids(self, ids: list[int], params: SamplingParams) -> Iterator[str]:
+    def _stream_ids(self, ids: list[int], params: SamplingParams, seed: int | None = None,
+                    on_finish=None) -> Iterator[str]:
         cancel = threading.Event()
         streamer = _TokenQueue()
         decoder = IncrementalDecoder(self.tokenizer)
@@ -206,6 +211,8 @@ class ChatGLM2Generator:
 
             def work() -> None:
                 try:
+                    if seed is not None:
+                        torch.manual_seed(seed)
                     self._run_generate(kwargs)
                 except BaseException as error:  # handed to the reader, which re-raises it
                     streamer.fail(error)
@@ -213,6 +220,7 @@ class ChatGLM2Generator:
                     streamer.end()
 
             done = self._worker.submit(work)
+            generated, ended = 0, False  # answer tokens (end token not counted); whether the end token came
             try:
                 while True:
                     item = streamer.queue.get()
@@ -221,6 +229,8 @@ class ChatGLM2Generator:
                     if isinstance(item, BaseException):
                         raise item
                     ids_new = [i for i in item if i != self.tokenizer.eos_token_id]
+                    generated += len(ids_new)
+                    ended = ended or len(ids_new) < len(item)
                     piece = assembler.feed(decoder.push(ids_new))
                     if piece:
                         yield piece
@@ -228,6 +238,8 @@ class ChatGLM2Generator:
                         cancel.set()
                         break
                 tail = assembler.feed(decoder.flush()) + assembler.finish()
+                if on_finish is not None:
+                    on_finish(generated, "stop" if ended or assembler.stopped else "length")
                 if tail:
                     yield tail
             finally:
