@@ -116,6 +116,9 @@ class LLMSettings(BaseModel):
             "'openai'); None = the one beside model_path, else an over-estimate."
         ),
     )
+    adapter: str | None = Field(
+        None, description="A PEFT LoRA adapter folder (trained on ChatGLM2) merged into the weights at load time."
+    )
     device: str = Field("auto", description="'auto' (cuda > mps > cpu), 'cuda', 'cuda:0', 'mps' or 'cpu'.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="'auto' = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."

@@ -148,7 +148,8 @@ def _chatglm2_handle(s, *, static_cache: bool, compile: bool | None, free_memory
     from kb_qa.llm.loader import load_chatglm2
 
     loaded = load_chatglm2(s.model_path, device=s.device, dtype=s.dtype, quantization=s.quantization,
-                           max_context_tokens=s.max_context_tokens, free_memory=free_memory)
+                           max_context_tokens=s.max_context_tokens, free_memory=free_memory,
+                           adapter=getattr(s, "adapter", None))
     generator = ChatGLM2Generator(loaded.model, loaded.tokenizer, params=SamplingParams.from_settings(s),
                                   max_context_tokens=s.max_context_tokens, static_cache=static_cache,
                                   compile=compile)
