@@ -99,8 +99,10 @@ class RetrievalSettings(BaseModel):
 
 
 class LLMSettings(BaseModel):
-    backend: Literal["chatglm2", "openai", "none"] = Field(
-        "chatglm2", description="'chatglm2' (local weights), 'openai' (any compatible endpoint), 'none'."
+    backend: Literal["chatglm2", "llamacpp", "openai", "none"] = Field(
+        "chatglm2",
+        description="'chatglm2' (local weights), 'llamacpp' (a GGUF file on llama.cpp: model_path is the .gguf or its "
+        "folder), 'openai' (any compatible endpoint), 'none'.",
     )
     model_path: str | None = Field(
         None,
@@ -116,6 +118,10 @@ class LLMSettings(BaseModel):
             "'openai'); None = the one beside model_path, else an over-estimate."
         ),
     )
+    gguf_file: str | None = Field(
+        None, description="Backend 'llamacpp': which .gguf in the model_path folder (None = the only one there)."
+    )
+    n_threads: int | None = Field(None, ge=1, description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
     adapter: str | None = Field(
         None, description="A PEFT LoRA adapter folder (trained on ChatGLM2) merged into the weights at load time."
     )

@@ -231,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m kb_qa.llm.convert ~/models/chatglm2-6b ~/models/chatglm2-6b-glm\n"
         "  python -m kb_qa.llm.convert ~/models/chatglm2-6b /data/glm --dtype bfloat16 --shard-gb 5\n"
         "  python -m kb_qa.llm.convert ~/models/chatglm2-6b ~/models/merged --merge-adapter ~/lora/checkpoint-1000\n"
-        "then: vllm serve ~/models/chatglm2-6b-glm   or   GlmForCausalLM.from_pretrained(DST)",
+        "  python -m kb_qa.llm.convert ~/models/chatglm2-6b-int4 ~/models/chatglm2-gguf --gguf q4_0\n"
+        "then: vllm serve ~/models/chatglm2-6b-glm   or   GlmForCausalLM.from_pretrained(DST)\n"
+        "      or llm.backend=llamacpp with llm.model_path=~/models/chatglm2-gguf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("src", help="ChatGLM2 checkpoint folder (config.json, tokenizer.model, pytorch_model*.bin)")
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(_DTYPES), help="store weights in this dtype (default: as in SRC)")
     parser.add_argument("--shard-gb", type=float, default=2.0, help="largest output shard in GiB (default 2)")
     parser.add_argument("--no-fast-tokenizer", action="store_true", help="copy tokenizer.model only")
+    parser.add_argument("--gguf", choices=("f16", "q8_0", "q4_0"),
+                        help="write DST/chatglm2-<type>.gguf for llm.backend=llamacpp instead of a transformers folder")
     parser.add_argument("--merge-adapter", metavar="ADAPTER", help="PEFT LoRA adapter folder to merge into the weights")
     return parser
 
@@ -248,7 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from kb_qa.llm.config import UnsupportedCheckpointError
 
+    if args.gguf and args.merge_adapter:
+        print("error: --merge-adapter and --gguf: merge into a folder first, then run --gguf on it", file=sys.stderr)
+        return 2
     try:
+        if args.gguf:
+            from kb_qa.llm.gguf_export import write_gguf
+
+            print(write_gguf(args.src, args.dst, args.gguf))
+            return 0
         dst = convert_checkpoint(args.src, args.dst, dtype=args.dtype, max_shard_bytes=int(args.shard_gb * 1024**3),
                                  fast_tokenizer=not args.no_fast_tokenizer, adapter=args.merge_adapter)
     except (UnsupportedCheckpointError, FileNotFoundError, ValueError) as error:
