@@ -123,7 +123,8 @@ class LLMSettings(BaseModel):
     )
     n_threads: int | None = Field(None, ge=1, description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
     adapter: str | None = Field(
-        None, description="A PEFT LoRA adapter folder (trained on ChatGLM2) merged into the weights at load time."
+        None, description="A PEFT LoRA adapter folder (merged into the weights at load time) or a ChatGLM2 P-tuning v2 "
+        "checkpoint folder (config.json with pre_seq_len; run as a past key/values prefix)."
     )
     device: str = Field("auto", description="'auto' (cuda > mps > cpu), 'cuda', 'cuda:0', 'mps' or 'cpu'.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

@@ -316,7 +316,12 @@ def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype:
     """
     loaded = _load(model_path, device=device, dtype=dtype, quantization=quantization,
                    max_context_tokens=max_context_tokens, free_memory=free_memory, prequantized=prequantized)
-    if adapter:
+    if adapter and _is_ptuning(adapter):
+        from kb_qa.llm.prefix import load_prefix
+
+        loaded.model.kb_qa_prefix = load_prefix(adapter, loaded.model)  # read by ChatGLM2Generator
+        loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"p-tuning {Path(adapter).name}"]))
+    elif adapter:
         from kb_qa.llm.adapters import apply_adapter
 
         if loaded.quantization != "none":
@@ -325,6 +330,12 @@ def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype:
         apply_adapter(loaded.model, adapter)
         loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"adapter {Path(adapter).name}"]))
     return loaded
+
+
+def _is_ptuning(adapter) -> bool:
+    from kb_qa.llm.prefix import is_ptuning_folder
+
+    return is_ptuning_folder(Path(adapter).expanduser())
 
 
 def _load(model_path, *, device: str, dtype: str, quantization: str, max_context_tokens: int, free_memory,
