@@ -68,7 +68,8 @@ def _is_soft_wrap(text: str, pos: int, next_start: int) -> bool:
 
 
 _HEADING_LINE = re.compile(r" {0,3}#{1,6}[ \t]")
-_LIST_ITEM = re.compile(r"(?:\d{1,3}|[a-zA-Z]|[一二三四五六七八九十]+)[.、)．](?:\s|$)|第[一二三四五六七八九十百\d]+[章节条]")
+_LIST_ITEM = re.compile(r"(?:\d{1,3}|[a-zA-Z]|[一二三四五六七八九十]+)[.、)．](?:\s|$)"
+                        r"|第[一二三四五六七八九十百\d]+[章节条]")
 _ENDS_SENTENCE = re.compile(rf"[。！？；…!?.;:：][{_CLOSERS}]*\s*$")
 _WRAP_WIDTH = 50  # columns; shorter lines without final punctuation are headings, list items or table rows
 
@@ -80,7 +81,8 @@ def split_sections(sections: list[Section], source: str, *, chunk_size: int = 30
     for section in sections:
         for start, end in split_text(section.text, chunk_size=chunk_size, chunk_overlap=chunk_overlap):
             chunks.append(Chunk(text=section.text[start:end], source=source, page=section.page,
-                                heading=section.heading, start=start, end=end, ordinal=len(chunks)))
+                                heading=section.heading, start=start, end=end, ordinal=len(chunks),
+                                ocr=section.ocr))
     return chunks
 
 
