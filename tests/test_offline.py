@@ -75,7 +75,8 @@ def test_guard_allows_loopback_and_unix_sockets(netguard, tmp_path):
 
 
 def test_guard_covers_python_subprocesses(netguard):
-    code = f"import socket\ntry:\n    socket.create_connection(({TEST_NET!r}, 80), timeout=1)\nexcept OSError:\n    pass"
+    code = (f"import socket\ntry:\n    socket.create_connection(({TEST_NET!r}, 80), timeout=1)\n"
+            "except OSError:\n    pass")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     attempts = netguard.take_attempts()
     assert len(attempts) == 1 and TEST_NET in attempts[0], attempts

@@ -150,9 +150,11 @@ class KnowledgeBase:
     def chunk_ids_for_sources(self, sources: Iterable[str]) -> set[int]:
         return records.chunk_ids_for_sources(self.conn, sources)
 
-    def check_embedding(self, model: str, dim: int | None = None) -> None:
-        """Refuse to mix embedding models or dimensions in one index."""
+    def check_embedding(self, model: str, dim: int | None = None, identity: dict | None = None) -> None:
+        """Refuse to mix embedding models or dimensions in one index. `identity` ({'source', 'weights_sha256'},
+        from the embedder): also refuse other weights under the same model name."""
         _check_embedding(self.conn, self.name, model, dim)
+        _check_identity(self.conn, self.name, model, identity)
 
     def dense_search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """[(chunk id, cosine similarity)] per query vector, best first."""
@@ -264,6 +266,23 @@ def _check_embedding(conn, kb_name: str, model: str, dim: int | None) -> None:
         )
 
 
+# The embedding model's resolved source and weights hash, recorded with the first vectors (kb_qa.models.resolve).
+_IDENTITY_KEYS = {"source": "embedding_source", "weights_sha256": "embedding_weights_sha256"}
+
+
+def _check_identity(conn, kb_name: str, model: str, identity: dict | None) -> None:
+    if not identity or records.count_chunks(conn) == 0:
+        return
+    built = records.get_meta(conn, _IDENTITY_KEYS["weights_sha256"])
+    if built is not None and built != identity["weights_sha256"]:
+        built_source = records.get_meta(conn, _IDENTITY_KEYS["source"]) or "?"
+        raise EmbeddingMismatch(
+            f"knowledge base {kb_name!r} was built with {model!r} from {built_source} (weights sha256 {built[:12]}), "
+            f"but {model!r} now resolves to {identity['source']} (weights sha256 {identity['weights_sha256'][:12]}): "
+            "other weights under the same name cannot be mixed. Re-ingest with --rebuild, or point embedding.model "
+            "at the original folder.")
+
+
 class Writer:
     """Accumulates changes in one SQLite transaction; `commit()` makes them durable and visible atomically."""
 
@@ -273,6 +292,7 @@ class Writer:
         records.init_schema(self.conn)
         self.dimension = dimension
         self.embedding_model = embedding_model
+        self.embedding_identity: dict | None = None  # set_embedding_identity(), once the model is loaded
         self._added: dict[int, np.ndarray] = {}  # chunk id -> vector, since the last commit
         self._removed: set[int] = set()
         self._in_tx = False
@@ -298,7 +318,7 @@ class Writer:
         self.conn.execute("DELETE FROM chunk_terms")
         self.conn.execute("DELETE FROM chunks")
         self.conn.execute("DELETE FROM contents")
-        for key in ("embedding_model", "embedding_dim"):
+        for key in ("embedding_model", "embedding_dim", *_IDENTITY_KEYS.values()):
             self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def has_content(self, sha256: str) -> bool:
@@ -326,6 +346,22 @@ class Writer:
         records.upsert_document(self.conn, source, sha256, size, origin)
         self._collect_orphans()
 
+    def set_embedding_identity(self, identity: dict | None) -> None:
+        """The loaded model's {'source', 'weights_sha256'}: refused if the KB holds vectors of other weights,
+        recorded with the first vectors (or now, for a KB built before identities were recorded)."""
+        self.embedding_identity = identity or None
+        if not self.embedding_identity or self.embedding_model is None:
+            return
+        self._begin()
+        if not self._cleared:
+            _check_identity(self.conn, self.kb.name, self.embedding_model, self.embedding_identity)
+        if records.count_chunks(self.conn) and records.get_meta(self.conn, _IDENTITY_KEYS["weights_sha256"]) is None:
+            self._store_identity()
+
+    def _store_identity(self) -> None:
+        for field, key in _IDENTITY_KEYS.items():
+            records.set_meta(self.conn, key, str(self.embedding_identity[field]))
+
     def _record_embedding(self, dim: int) -> None:
         """The first vectors fix the KB's model and dimension; later ones must match them."""
         if self.embedding_model is None:
@@ -333,6 +369,8 @@ class Writer:
         if records.get_meta(self.conn, "embedding_model") is None or records.count_chunks(self.conn) == 0:
             records.set_meta(self.conn, "embedding_model", self.embedding_model)
             records.set_meta(self.conn, "embedding_dim", str(dim))
+            if self.embedding_identity:
+                self._store_identity()
         _check_embedding(self.conn, self.kb.name, self.embedding_model, dim)
 
     def remove_document(self, source: str) -> bool:
