@@ -135,6 +135,13 @@ class LLMSettings(Section):
             "local Hugging Face cache. None = retrieval-only answers."
         ),
     )
+    tokenizer_path: str | None = Field(
+        None,
+        description=(
+            "ChatGLM2's tokenizer.model (file or folder) for exact token counts when no weights are loaded (backend "
+            "'openai'); None = the one beside model_path, else an over-estimate."
+        ),
+    )
     device: str = Field("auto", description="'auto' (cuda > mps > cpu), 'cuda', 'cuda:0', 'mps' or 'cpu'.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="'auto' = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."

@@ -90,10 +90,11 @@ def test_batch_is_left_padded_with_positions_from_zero(tok):
 
 
 def test_real_chatglm2_reference_ids():
-    """With the real THUDM/chatglm2-6b tokenizer (a local folder in KB_QA_CHATGLM2_PATH or the HF cache)."""
+    """A full THUDM/chatglm2-6b folder (KB_QA_CHATGLM2_PATH or the HF cache) loads the same tokenizer; the shared
+    tokenizer.model alone is tested in test_llm_real_tokenizer.py."""
     folder = resolve_model_path(os.environ.get("KB_QA_CHATGLM2_PATH", "THUDM/chatglm2-6b"))
     if folder is None or not (folder / "tokenizer.model").is_file():
-        pytest.skip("the real chatglm2-6b tokenizer.model is not available locally")
+        pytest.skip("no chatglm2-6b checkpoint folder locally (KB_QA_CHATGLM2_PATH or the HF cache)")
     tok = ChatGLM2Tokenizer.from_folder(folder)
     assert tok.encode("你好") == [64790, 64792, 36474, 54591]
     assert tok.encode(build_chat_prompt("你好")) == [64790, 64792, 790, 30951, 517, 30910, 30939, 30996, 13, 13,

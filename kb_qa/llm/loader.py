@@ -63,12 +63,14 @@ class LoadedModel:
     source: Path
     num_parameters: int
     devices: list[str] = field(default_factory=list)  # every device holding layers
+    checkpoint_note: str = ""  # e.g. "int4 checkpoint dequantized"
 
     def describe(self) -> str:
         where = ",".join(self.devices) if self.devices else str(self.device)
         precision = _DTYPE_NAMES.get(self.dtype, str(self.dtype))
         quant = f" {self.quantization}" if self.quantization != "none" else ""
-        return f"ChatGLM2 on {where} {precision}{quant}"
+        note = f" ({self.checkpoint_note})" if self.checkpoint_note else ""
+        return f"ChatGLM2 on {where} {precision}{quant}{note}"
 
 
 # -- where the checkpoint is ---------------------------------------------------------------------------------
@@ -304,10 +306,12 @@ def _plan_devices(model, glm_config, *, device: torch.device, device_setting: st
 
 
 def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto",
-                  quantization: str = "none", max_context_tokens: int = 8192, free_memory=None) -> LoadedModel:
+                  quantization: str = "none", max_context_tokens: int = 8192, free_memory=None,
+                  prequantized: str = "auto") -> LoadedModel:
     """Load a ChatGLM2 checkpoint (original or converted folder, or cached repo id) as GlmForCausalLM.
 
     `free_memory(device) -> bytes | None` is the probe used by the memory check (tests pass a fake one).
+    `prequantized` (official int4/int8 checkpoints only): 'auto' = 'packed' on CUDA, 'dequantize' elsewhere.
     """
     free_memory = free_memory or free_memory_bytes
     folder = resolve_model_path(model_path)
@@ -320,6 +324,12 @@ def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype:
 
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
+    if is_chatglm2_config(raw) and raw.get("quantization_bit"):
+        from kb_qa.llm.quantized import load_prequantized
+
+        return load_prequantized(folder, parse_chatglm2_config(raw), tokenizer, device=target, dtype=torch_dtype,
+                                  quantization=quantization, mode=prequantized, context_tokens=max_context_tokens,
+                                  free_memory=free_memory)
     if quantization != "none":
         return _load_quantized(folder, raw, tokenizer, device=target, device_setting=device, dtype=torch_dtype,
                                quantization=quantization, context_tokens=max_context_tokens, free_memory=free_memory)

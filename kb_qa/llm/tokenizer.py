@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kb_qa.llm.config import SPECIAL_TOKENS
+from kb_qa.schema import History
 
 TOKENIZER_FILE = "tokenizer.model"
-History = Sequence[tuple[str, str]]
 
 
 def build_chat_prompt(question: str, history: History = ()) -> str:
@@ -63,6 +63,13 @@ class ChatGLM2Tokenizer:
     def from_folder(cls, folder: str | Path) -> ChatGLM2Tokenizer:
         return cls(Path(folder) / TOKENIZER_FILE)
 
+    @classmethod
+    def load(cls, path: str | Path) -> ChatGLM2Tokenizer:
+        """From a `tokenizer.model` file alone (no weights needed, e.g. for exact packing counts with a remote
+        model) or from a folder holding one."""
+        path = Path(path).expanduser()
+        return cls.from_folder(path) if path.is_dir() else cls(path)
+
     # -- single text -----------------------------------------------------------------------------------------
     def encode(self, text: str, *, add_prefix: bool = True) -> list[int]:
         """ids of `text`; with `add_prefix` (a prompt) they start with [gMASK] sop."""
@@ -102,3 +109,21 @@ class ChatGLM2Tokenizer:
     def __repr__(self) -> str:
         where = self.model_file or "<bytes>"
         return f"ChatGLM2Tokenizer({where}, sentencepiece pieces={self.sp_vocab_size}, vocab={self.vocab_size})"
+
+
+def load_configured_tokenizer(llm_settings) -> ChatGLM2Tokenizer | None:
+    """The exact tokenizer for packing and usage counts, without loading weights: `llm.tokenizer_path` (a
+    tokenizer.model file or its folder) when set, else the tokenizer.model beside `llm.model_path`; None when
+    neither exists (callers then fall back to an over-estimate)."""
+    explicit = getattr(llm_settings, "tokenizer_path", None)
+    if explicit:
+        return ChatGLM2Tokenizer.load(explicit)  # configured but missing: FileNotFoundError names the path
+    model_path = getattr(llm_settings, "model_path", None)
+    if not model_path:
+        return None
+    from kb_qa.llm.loader import resolve_model_path
+
+    folder = resolve_model_path(model_path)
+    if folder is not None and (folder / TOKENIZER_FILE).is_file():
+        return ChatGLM2Tokenizer.from_folder(folder)
+    return None
