@@ -279,7 +279,7 @@ def test_embedder_identity_names_the_source_and_hashes_the_weights(embedder):
 def test_knowledge_base_refuses_other_weights_under_the_same_name(settings, tmp_path):
     from conftest import FakeEmbeddings, make_app
 
-    from kb_qa.store.knowledge_base import EmbeddingMismatch
+    from kb_qa.store.errors import EmbeddingMismatch
 
     docs = tmp_path / "docs"
     docs.mkdir()
