@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,7 +185,8 @@ class LLMSettings(Section):
     )
     quantization: Literal["none", "int8", "int4"] = Field("none", description="Weight quantization (bitsandbytes).")
     static_cache: bool = Field(
-        False, description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front)."
+        False,
+        description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front).",
     )
     compile: bool | None = Field(
         None, description="torch.compile the decode step (CUDA only). None = on when static_cache is on and on CUDA."
@@ -313,7 +315,7 @@ def _has_key(data: dict[str, Any], loc: tuple) -> bool:
     return True
 
 
-def _describe(error: dict, explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
+def _describe(error: Mapping[str, Any], explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
     """One validation error as 'SOURCE: FIELD: what is wrong'."""
     loc = tuple(str(part) for part in error.get("loc", ()))
     field = ".".join(loc) or "(top level)"
