@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+History = Sequence[tuple[str, str]]  # dialogue rounds, oldest first: (user's question, model's answer)
 
 
 @dataclass(frozen=True)

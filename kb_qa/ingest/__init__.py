@@ -1,4 +1,4 @@
-"""Ingestion: files -> load (loaders.py, encoding.py) -> split (splitter.py) -> hash, embed, store (pipeline.py).
+"""Ingestion: files -> load (loaders/, encoding.py) -> split (splitter.py) -> hash, embed, store (pipeline.py).
 
 Run it with `python -m kb_qa.ingest`. Nothing is imported here, so importing a loader does not pull in the
 embedding stack.

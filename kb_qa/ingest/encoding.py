@@ -21,11 +21,14 @@ import codecs
 import re
 import unicodedata
 
+from kb_qa.errors import KbQaError
+
 __all__ = ["DecodeError", "decode_text", "normalize_encoding"]
 
 
-class DecodeError(ValueError):
-    """The bytes are not text in any encoding we accept. The message says why (no file name in it)."""
+class DecodeError(KbQaError, ValueError):
+    """The bytes are not text in any encoding we accept. The message says why (no file name in it); loaders
+    turn it into a `LoadError` that names the file."""
 
 
 _BOMS = (  # longest first: the UTF-32 LE BOM starts with the UTF-16 LE one

@@ -68,7 +68,8 @@ def _is_soft_wrap(text: str, pos: int, next_start: int) -> bool:
 
 
 _HEADING_LINE = re.compile(r" {0,3}#{1,6}[ \t]")
-_LIST_ITEM = re.compile(r"(?:\d{1,3}|[a-zA-Z]|[一二三四五六七八九十]+)[.、)．](?:\s|$)|第[一二三四五六七八九十百\d]+[章节条]")
+_LIST_ITEM = re.compile(r"(?:\d{1,3}|[a-zA-Z]|[一二三四五六七八九十]+)[.、)．](?:\s|$)"
+                        r"|第[一二三四五六七八九十百\d]+[章节条]")
 _ENDS_SENTENCE = re.compile(rf"[。！？；…!?.;:：][{_CLOSERS}]*\s*$")
 _WRAP_WIDTH = 50  # columns; shorter lines without final punctuation are headings, list items or table rows
 

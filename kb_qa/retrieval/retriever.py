@@ -27,9 +27,7 @@ Deliberately not here: rewriting the question (kb_qa.qa.rewrite) and prompt pack
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,17 +310,9 @@ def _kb_names(kbs, default: str) -> list[str]:
     return list(dict.fromkeys(kbs))
 
 
-_retrievers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_retrievers_lock = threading.Lock()
-
-
 def retriever_for(app) -> Retriever:
-    """The app's retriever (one per App, so the reranker and caches are shared by every caller)."""
-    with _retrievers_lock:
-        r = _retrievers.get(app)
-        if r is None:
-            r = _retrievers[app] = Retriever(app)
-        return r
+    """The app's retriever: `app.retriever` (App owns it). Kept for callers not yet moved to `app.retriever`."""
+    return app.retriever
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,7 +332,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun
                                 ) -> list[Document]:
-        sources = retriever_for(self.app).search(query, self.kbs, top_k=self.top_k,
+        sources = self.app.retriever.search(query, self.kbs, top_k=self.top_k,
                                                  score_threshold=self.score_threshold, files=self.files)
         return [Document(page_content=s.text, metadata={
             "kb": s.kb, "source": s.source, "page": s.page, "heading": s.heading, "score": s.score,

@@ -1,0 +1,77 @@
+"""DOCX: body paragraphs and tables in order; Heading/Title styles (or outline levels) open a section.
+
+Table rows become 'cell | cell' lines. Headers, footers and comments are left out."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from kb_qa.ingest.loaders.base import SectionBuilder
+from kb_qa.schema import Section
+
+
+def load_docx(data: bytes, name: str) -> list[Section]:
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    document = docx.Document(io.BytesIO(data))
+    builder = SectionBuilder()
+    for block in document.iter_inner_content():
+        if isinstance(block, Paragraph):
+            text = block.text
+            if _docx_heading_level(block) is not None and text.strip():
+                builder.heading(text.strip())
+            else:
+                builder.line(text)
+        elif isinstance(block, Table):
+            builder.block(_docx_table_lines(block))
+    return builder.sections()
+
+
+_HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*(\d)$|^(?:title|标题)$", re.IGNORECASE)
+
+
+def _docx_heading_level(paragraph) -> int | None:
+    """Heading level from the paragraph's style (or its base styles) or an explicit outline level."""
+    from docx.oxml.ns import qn
+
+    def outline_level(element) -> int | None:
+        ppr = element.find(qn("w:pPr")) if element is not None else None
+        lvl = ppr.find(qn("w:outlineLvl")) if ppr is not None else None
+        if lvl is None:
+            return None
+        value = int(lvl.get(qn("w:val"), "9"))
+        return value + 1 if value < 9 else None  # 9 = body text
+
+    direct = outline_level(paragraph._p)
+    if direct is not None:
+        return direct
+    style, depth = paragraph.style, 0
+    while style is not None and depth < 10:
+        match = _HEADING_STYLE.match((style.name or "").strip())
+        if match:
+            return int(match.group(1)) if match.group(1) else 0
+        level = outline_level(style.element)
+        if level is not None:
+            return level
+        style, depth = style.base_style, depth + 1
+    return None
+
+
+def _docx_table_lines(table) -> list[str]:
+    lines = []
+    for row in table.rows:
+        cells, seen = [], set()
+        for cell in row.cells:
+            if id(cell._tc) in seen:  # a merged cell is returned once per grid column it spans
+                continue
+            seen.add(id(cell._tc))
+            parts = [p.text.strip() for p in cell.paragraphs if p.text.strip()]
+            for inner in cell.tables:
+                parts.append("; ".join(_docx_table_lines(inner)))
+            cells.append(" ".join(parts))
+        if any(cells):
+            lines.append(" | ".join(cells))
+    return lines

@@ -1,0 +1,92 @@
+"""PDF: one section per page with text (pypdf); heading from the PDF outline when it has one."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from kb_qa.ingest.loaders.base import LoadError, shorten
+from kb_qa.schema import Section
+
+log = logging.getLogger(__name__)
+
+
+def load_pdf(data: bytes, name: str) -> list[Section]:
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError
+
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            try:
+                decrypted = reader.decrypt("")  # owner-password-only PDFs open with an empty user password
+            except DependencyError as exc:
+                raise LoadError(name, "encrypted PDF: opening it needs the 'cryptography' package") from exc
+            if not decrypted:
+                raise LoadError(name, "encrypted PDF: a password is needed")
+        pages = list(reader.pages)
+    except LoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pypdf raises many types on damaged files
+        raise LoadError(name, f"corrupt or truncated PDF ({type(exc).__name__}: {shorten(str(exc))})") from exc
+    if not pages:
+        raise LoadError(name, "empty document (the PDF has no pages)")
+    headings = _pdf_outline_headings(reader)
+    sections: list[Section] = []
+    unreadable = 0
+    current_heading: str | None = None
+    for number, page in enumerate(pages, start=1):
+        first_on_page, last_on_page = headings.get(number, (None, None))
+        heading = first_on_page or current_heading
+        current_heading = last_on_page or current_heading
+        try:
+            text = page.extract_text() or ""
+        except Exception:  # noqa: BLE001 - one bad page must not lose the rest
+            log.warning("%s: page %d could not be read", name, number, exc_info=True)
+            unreadable += 1
+            continue
+        text = _join_word_per_line(text)
+        if text.strip():
+            sections.append(Section(text, page=number, heading=heading))
+    if not sections:
+        if unreadable == len(pages):
+            raise LoadError(name, "corrupt PDF: no page could be read")
+        raise LoadError(name, "no text layer (scanned?): OCR is not configured")
+    return sections
+
+
+def _pdf_outline_headings(reader) -> dict[int, tuple[str, str]]:
+    """page number -> (first, last) outline title on that page; {} if the PDF has no usable outline."""
+    out: dict[int, tuple[str, str]] = {}
+
+    def walk(items) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item)
+                continue
+            try:
+                number = reader.get_destination_page_number(item) + 1
+                title = str(item.title).strip()
+            except Exception:  # noqa: BLE001 - broken outlines are common and harmless
+                continue
+            if number >= 1 and title:
+                first, _ = out.get(number, (title, title))
+                out[number] = (first, title)
+
+    try:
+        walk(reader.outline)
+    except Exception:  # noqa: BLE001
+        return {}
+    return out
+
+
+def _join_word_per_line(text: str) -> str:
+    """Some PDFs put every word in its own text object and pypdf returns one word per line; join those back."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if len(lines) < 20:
+        return text
+    single = sum(1 for ln in lines if " " not in ln.strip() and len(ln.strip()) <= 25)
+    latin = sum(1 for ch in text if ch.isascii() and ch.isalpha())
+    if single < 0.8 * len(lines) or latin < 0.5 * len(text.replace("\n", "").replace(" ", "")):
+        return text
+    return " ".join(ln.strip() for ln in lines)
