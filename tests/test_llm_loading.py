@@ -37,7 +37,7 @@ CHATGLM2_6B = {"model_type": "chatglm", "hidden_size": 4096, "num_layers": 28, "
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KB_QA_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), KB_QA_CONFIG=str(REPO / "none.yaml"))
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), KB_QA_CONFIG=str(REPO / "configs" / "default.yaml"))  # the defaults; a missing file is an error
     return env
 
 
@@ -205,7 +205,7 @@ def test_ask_streams_to_the_terminal(tiny_dir, capsys):
 def test_ask_without_a_model_or_without_no_kb_exits_2(monkeypatch, capsys):
     from kb_qa.ask import main
 
-    monkeypatch.setenv("KB_QA_CONFIG", str(REPO / "none.yaml"))
+    monkeypatch.setenv("KB_QA_CONFIG", str(REPO / "configs" / "default.yaml"))
     monkeypatch.delenv("KB_QA_LLM__MODEL_PATH", raising=False)
     assert main(["你好", "--no-kb"]) == 2
     assert "there is no model" in capsys.readouterr().err
