@@ -1,8 +1,21 @@
-"""Typed settings: one pydantic model per concern, loaded from `configs/default.yaml`.
+"""Typed settings: one pydantic model per concern, loaded from a YAML file, the environment and flags.
 
 Precedence (highest first): explicit overrides (CLI flags) > environment variables > the YAML file > defaults.
 Environment variables use the prefix `KB_QA_` and `__` between levels, e.g. `KB_QA_LLM__MODEL_PATH=/models/x`
-or `KB_QA_RETRIEVAL__TOP_K=8`. `KB_QA_CONFIG` names another YAML file.
+or `KB_QA_RETRIEVAL__TOP_K=8`.
+
+The YAML file: `--config FILE` (load_settings(config=...)), else `$KB_QA_CONFIG`, else `configs/default.yaml` in
+the project folder ($KB_QA_HOME or the current directory, see kb_qa.locations) if there is one, else none (the
+defaults below). A file named by --config or KB_QA_CONFIG must exist. Bad settings (YAML syntax, unknown keys,
+wrong types or ranges) raise `kb_qa.errors.ConfigError` with one line naming the file or variable and the field.
+Relative paths in the settings are relative to the project folder, never to the installed code.
+
+Adding a setting: add a `Field(default, description=...)` to the section's model below (or a new section model
+plus a field on `Settings`), then regenerate the documented file and commit it:
+
+    python -m kb_qa.settings > configs/default.yaml
+
+tests/test_settings.py fails until configs/default.yaml matches what this module renders.
 
 Nothing here runs at import time: call `load_settings()` where the application is built (`kb_qa.app`).
 """
@@ -10,35 +23,46 @@ Nothing here runs at import time: call `load_settings()` where the application i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kb_qa.errors import ConfigError
+from kb_qa.locations import CONFIG_ENV, USER_CONFIG, project_home, resolve_in_home
+
+# The checkout's root folder. Deprecated: not a data location (it is site-packages' parent once installed);
+# use kb_qa.locations.project_home() for data and kb_qa.locations.packaged_configs() for shipped files.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 
 
-class PathSettings(BaseModel):
+class Section(BaseModel):
+    """Base of every settings section: an unknown key (a typo) is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathSettings(Section):
     knowledge_base_root: Path = Field(
-        PROJECT_ROOT / "knowledge_base",
+        Path("knowledge_base"),
         description="Users' documents, one folder per knowledge base. Uploads are written here.",
     )
     vector_store_root: Path = Field(
-        PROJECT_ROOT / "vector_store",
+        Path("vector_store"),
         description="Persisted indexes, one folder per knowledge base (SQLite records + FAISS index).",
     )
 
     @field_validator("knowledge_base_root", "vector_store_root")
     @classmethod
     def _relative_to_project(cls, value: Path) -> Path:
-        # Relative paths mean the project's folders wherever the command is started from.
-        value = Path(value).expanduser()
-        return value if value.is_absolute() else PROJECT_ROOT / value
+        # Relative paths mean the project folder's ($KB_QA_HOME, else the current directory), resolved when the
+        # settings are loaded.
+        return resolve_in_home(value)
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(Section):
     chunk_size: int = Field(300, ge=50, le=4000, description="Target chunk length in characters.")
     chunk_overlap: int = Field(50, ge=0, le=1000, description="Characters shared by neighbouring chunks.")
     max_file_mb: float = Field(50.0, gt=0, description="Files larger than this (MiB) are refused, per file.")
@@ -54,7 +78,7 @@ class IngestSettings(BaseModel):
     )
 
 
-class EmbeddingSettings(BaseModel):
+class EmbeddingSettings(Section):
     model: str = Field(
         "all-MiniLM-L6-v2",
         description=(
@@ -77,20 +101,25 @@ class EmbeddingSettings(BaseModel):
         None,
         description=(
             "Where converted models (OpenVINO/ONNX) are kept, one folder per model and backend. "
-            "None = $KB_QA_MODEL_CACHE, else ~/.cache/kb_qa/models."
+            "None = $KB_QA_MODEL_CACHE, else $KB_QA_HOME/cache/models if KB_QA_HOME is set, else "
+            "~/.cache/kb_qa/models. A relative path is relative to the project folder."
         ),
     )
     query_prefix: str = Field("", description="Prepended to queries (e.g. bge's instruction); empty for MiniLM.")
     max_seq_length: int | None = Field(None, description="Truncate inputs to this many tokens (None = model's).")
 
 
-class RetrievalSettings(BaseModel):
+class RetrievalSettings(Section):
     top_k: int = Field(5, ge=1, le=100, description="Chunks returned per question.")
     score_threshold: float = Field(
-        0.0,
+        0.05,
         ge=0.0,
         le=1.0,
-        description="Minimum relevance in [0, 1] (higher = closer); chunks below it are dropped. 0 keeps all.",
+        description=(
+            "Refuse (the no-answer reply) when the best passage's relevance is below this. Relevance = the KB's "
+            "calibrated probability that a passage is the one the question is about (kb_qa.retrieval.calibration), "
+            "the same scale for every embedding model. 0 never refuses."
+        ),
     )
     dense: bool = Field(True, description="Use the vector (embedding) search.")
     keyword: bool = Field(True, description="Use keyword search (BM25; jieba segmentation for Chinese).")
@@ -98,9 +127,11 @@ class RetrievalSettings(BaseModel):
     reranker_model: str | None = Field(None, description="sentence-transformers CrossEncoder path/name; None = off.")
 
 
-class LLMSettings(BaseModel):
-    backend: Literal["chatglm2", "openai", "none"] = Field(
-        "chatglm2", description="'chatglm2' (local weights), 'openai' (any compatible endpoint), 'none'."
+class LLMSettings(Section):
+    backend: Literal["chatglm2", "llamacpp", "openai", "none"] = Field(
+        "chatglm2",
+        description="'chatglm2' (local weights), 'llamacpp' (a GGUF file on llama.cpp: model_path is the .gguf or its "
+        "folder), 'openai' (any compatible endpoint), 'none'.",
     )
     model_path: str | None = Field(
         None,
@@ -115,6 +146,14 @@ class LLMSettings(BaseModel):
             "ChatGLM2's tokenizer.model (file or folder) for exact token counts when no weights are loaded (backend "
             "'openai'); None = the one beside model_path, else an over-estimate."
         ),
+    )
+    gguf_file: str | None = Field(
+        None, description="Backend 'llamacpp': which .gguf in the model_path folder (None = the only one there)."
+    )
+    n_threads: int | None = Field(None, ge=1, description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
+    adapter: str | None = Field(
+        None, description="A PEFT LoRA adapter folder (merged into the weights at load time) or a ChatGLM2 P-tuning v2 "
+        "checkpoint folder (config.json with pre_seq_len; run as a past key/values prefix)."
     )
     device: str = Field("auto", description="'auto' (cuda > mps > cpu), 'cuda', 'cuda:0', 'mps' or 'cpu'.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -144,7 +183,7 @@ class LLMSettings(BaseModel):
     )
 
 
-class QASettings(BaseModel):
+class QASettings(Section):
     language: Literal["zh", "en"] = Field("zh", description="Prompt template and fixed replies.")
     history_rounds: int = Field(3, ge=0, description="Most recent dialogue rounds kept (oldest dropped first).")
     no_answer_mode: Literal["refuse", "chat"] = Field(
@@ -154,7 +193,7 @@ class QASettings(BaseModel):
     rewrite_followups: bool = Field(True, description="Rewrite follow-up questions into standalone queries.")
 
 
-class APISettings(BaseModel):
+class APISettings(Section):
     host: str = Field("127.0.0.1", description="Bind address; loopback by default.")
     port: int = Field(7861, ge=1, le=65535)
     api_key: str | None = Field(None, description="If set, every endpoint but /health requires 'Bearer <key>'.")
@@ -192,13 +231,23 @@ class _DictSource(PydanticBaseSettingsSource):
         return self._values
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, origin: str) -> dict[str, Any]:
     import yaml
 
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{origin}: not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{origin}: cannot read the settings file: {exc}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{origin}: expected a mapping of settings at the top level, not {type(data).__name__}")
     return data
 
 
@@ -223,17 +272,70 @@ def _unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def load_settings(config: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def config_file(config: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """(the settings file to read or None, how to name it in messages). Named files must exist."""
+    if config:
+        path, origin = Path(config).expanduser(), str(config)
+    elif os.environ.get(CONFIG_ENV, "").strip():
+        path = Path(os.environ[CONFIG_ENV].strip()).expanduser()
+        origin = f"{CONFIG_ENV}={os.environ[CONFIG_ENV].strip()}"
+    else:
+        default = project_home() / USER_CONFIG
+        return (default if default.is_file() else None), str(default)
+    if not path.is_file():
+        raise ConfigError(f"{origin}: settings file not found")
+    return path, origin
+
+
+def _has_key(data: dict[str, Any], loc: tuple) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _describe(error: dict, explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
+    """One validation error as 'SOURCE: FIELD: what is wrong'."""
+    loc = tuple(str(part) for part in error.get("loc", ()))
+    field = ".".join(loc) or "(top level)"
+    env_name = "KB_QA_" + "__".join(loc).upper()
+    env = {key.upper(): value for key, value in os.environ.items()}
+    if _has_key(explicit, loc):
+        source = "command-line option"
+    elif env_name in env:
+        source = f"environment variable {env_name}"
+    elif _has_key(file_values, loc):
+        source = origin
+    else:
+        source = "settings"
+    if error.get("type") == "extra_forbidden":
+        return f"{source}: unknown setting {field!r} (every setting is listed in configs/default.yaml)"
+    given = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+    return f"{source}: {field}: {error.get('msg', 'invalid value')}{given}"
+
+
+def _describe_env_error(exc: Exception) -> str:
+    match = re.search(r'field "([^"]+)"', str(exc))
+    prefix = f"KB_QA_{match.group(1).upper()}" if match else "KB_QA_"
+    names = sorted(key for key in os.environ if key.upper().startswith(prefix))
+    which = f"environment variable {', '.join(names)}" if names else "environment"
+    return f"{which}: cannot parse the value (lists and mappings are written as JSON, e.g. '[\".txt\", \".md\"]')"
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build the settings.
 
-    `config`: a YAML file (default: $KB_QA_CONFIG, else configs/default.yaml if present).
+    `config`: a YAML file (default: $KB_QA_CONFIG, else configs/default.yaml in the project folder if present).
     `overrides`: values that win over everything, as nested dicts or dotted keys
     (`{"retrieval.top_k": 8}`); `None` values are ignored so CLI flags left unset change nothing.
+    Raises ConfigError (one line: the file or variable, the field, the reason) for anything invalid.
     """
-    path = Path(config) if config else Path(os.environ.get("KB_QA_CONFIG", DEFAULT_CONFIG))
-    if config and not path.is_file():
-        raise FileNotFoundError(f"settings file not found: {path}")
-    file_values = _read_yaml(path) if path.is_file() else {}
+    from pydantic_settings import SettingsError
+
+    path, origin = config_file(config)
+    file_values = _read_yaml(path, origin) if path is not None else {}
     explicit = _unflatten({k: v for k, v in _flatten(overrides or {}).items() if v is not None})
 
     class _Loaded(Settings):
@@ -243,7 +345,16 @@ def load_settings(config: str | os.PathLike | None = None, overrides: dict[str, 
             return init_settings, env_settings, _DictSource(settings_cls, file_values)
 
     # Nested sections are merged field by field across sources (pydantic-settings deep-merges dicts).
-    return _Loaded(**explicit)
+    try:
+        loaded = _Loaded(**explicit)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0], explicit, file_values, origin) + more) from None
+    except SettingsError as exc:  # e.g. an environment variable that should hold JSON (a list) does not
+        raise ConfigError(_describe_env_error(exc)) from None
+    # A plain Settings (not the local subclass), so it pickles, compares and copies like any other.
+    return Settings.model_validate(loaded.model_dump())
 
 
 def render_yaml(settings: BaseModel | None = None) -> str:
@@ -255,7 +366,8 @@ def render_yaml(settings: BaseModel | None = None) -> str:
     lines = [
         "# kb_qa settings. Every setting, with its default. Override any of them with an environment variable",
         "# KB_QA_<SECTION>__<NAME> (e.g. KB_QA_LLM__MODEL_PATH=/models/chatglm2-6b) or a CLI flag.",
-        "# Relative paths are relative to the project folder. Regenerate: python -m kb_qa.settings > FILE",
+        "# Relative paths are relative to the project folder ($KB_QA_HOME, else the current directory).",
+        "# Generated from kb_qa/settings.py: python -m kb_qa.settings > configs/default.yaml",
         "",
     ]
 
@@ -280,7 +392,7 @@ def render_yaml(settings: BaseModel | None = None) -> str:
 
 def _display_path(path: Path) -> str:
     try:
-        return str(path.relative_to(PROJECT_ROOT))
+        return str(path.relative_to(project_home()))
     except ValueError:
         return str(path)
 

@@ -291,7 +291,8 @@ def test_full_size_parameter_count():
 # -- refused checkpoints -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag,value", [
     ("rmsnorm", False), ("post_layer_norm", False), ("original_rope", False), ("add_bias_linear", True),
-    ("apply_residual_connection_post_layernorm", True), ("quantization_bit", 4), ("pre_seq_len", 128),
+    ("apply_residual_connection_post_layernorm", True), ("quantization_bit", 2), ("quantization_bit", "gptq"),
+    ("pre_seq_len", 128),
     ("multi_query_group_num", 3),
 ])
 def test_refused_flags_name_the_flag(tmp_path, tiny_tokenizer_model, flag, value):

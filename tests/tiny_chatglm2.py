@@ -108,9 +108,11 @@ def random_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def build_tiny_chatglm2(directory: Path, *, shards: int = 2, safetensors: bool = False, seed: int = 0,
-                        tokenizer_model: bytes | None = None, **config_overrides) -> Path:
+                        tokenizer_model: bytes | None = None, state_dict: dict | None = None,
+                        **config_overrides) -> Path:
     """Write the checkpoint into `directory` (created) and return it. `config_overrides` change config.json keys
-    (e.g. rope_ratio=16, rmsnorm=False); `tokenizer_model` reuses an already trained tokenizer."""
+    (e.g. rope_ratio=16, rmsnorm=False); `tokenizer_model` reuses an already trained tokenizer; `state_dict`
+    replaces the random weights (e.g. a packed int4 form of them)."""
     import sentencepiece as spm
 
     directory = Path(directory)
@@ -126,7 +128,7 @@ def build_tiny_chatglm2(directory: Path, *, shards: int = 2, safetensors: bool =
         "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
     }, indent=2), encoding="utf-8")
 
-    sd = random_state_dict(config, seed=seed)  # shapes follow the overrides too (hidden_size, num_layers, ...)
+    sd = state_dict if state_dict is not None else random_state_dict(config, seed=seed)  # shapes follow the overrides too (hidden_size, num_layers, ...)
     names = list(sd)
     per_shard = -(-len(names) // shards)
     suffix = "safetensors" if safetensors else "bin"

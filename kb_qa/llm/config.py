@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kb_qa.errors import UsageError
+
 # ChatGLM2's special tokens follow the sentencepiece pieces in this order (ids n .. n+4, n = sp.vocab_size()).
 SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 BASE_ROPE_THETA = 10000.0
 
 
-class UnsupportedCheckpointError(ValueError):
-    """The checkpoint is not ChatGLM2-shaped (the message names the offending flag)."""
+class UnsupportedCheckpointError(UsageError):
+    """The checkpoint is not ChatGLM2-shaped (the message names the offending flag). A ValueError too."""
 
 
 # flag -> the only value the native GLM architecture reproduces. Missing keys take ChatGLM2's defaults
@@ -33,8 +35,6 @@ _REQUIRED_FLAGS: dict[str, tuple[Any, Any]] = {
 }
 # Features of the original code that the native model does not have; refused when set.
 _UNSUPPORTED_WHEN_SET = {
-    "quantization_bit": "a pre-quantized checkpoint (e.g. chatglm2-6b-int4) needs the checkpoint's own CUDA kernels; "
-    "use the full-precision THUDM/chatglm2-6b with llm.quantization=int4 instead",
     "pre_seq_len": "P-tuning v2 prefix weights are not supported; merge or drop the prefix encoder first",
 }
 _REQUIRED_KEYS = ("hidden_size", "num_layers", "num_attention_heads", "padded_vocab_size", "ffn_hidden_size")
@@ -59,6 +59,7 @@ class ChatGLM2Config:
     eos_token_id: int
     pad_token_id: int
     torch_dtype: str | None
+    quantization_bit: int | None = None  # 4 or 8: the official pre-quantized format (quantized.py)
 
     @property
     def q_size(self) -> int:
@@ -124,6 +125,11 @@ def parse_chatglm2_config(raw: dict[str, Any]) -> ChatGLM2Config:
         raise UnsupportedCheckpointError(
             f"unsupported checkpoint flag kv_channels={kv_channels}: must be a multiple of 4"
         )
+    quantization_bit = None
+    if raw.get("quantization_bit"):  # absent, null or 0: full precision
+        from kb_qa.llm.quantized import check_quantization_bit
+
+        quantization_bit = check_quantization_bit(raw["quantization_bit"])
     rope_ratio = float(raw.get("rope_ratio") or 1.0)
     eos = raw.get("eos_token_id", 2)
     if isinstance(eos, list):
@@ -145,6 +151,7 @@ def parse_chatglm2_config(raw: dict[str, Any]) -> ChatGLM2Config:
         eos_token_id=int(eos if eos is not None else 2),
         pad_token_id=int(pad if pad is not None else 0),
         torch_dtype=raw.get("torch_dtype"),
+        quantization_bit=quantization_bit,
     )
 
 

@@ -8,33 +8,19 @@ A misconfigured model (unsupported checkpoint, not enough memory) raises: that i
 from __future__ import annotations
 
 import logging
-import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from kb_qa.llm.tokenizer import TOKENIZER_FILE, ChatGLM2Tokenizer, History, build_chat_prompt
+from kb_qa.llm.estimate import EstimatingTokenizer, configured_tokenizer
+from kb_qa.llm.tokenizer import History, build_chat_prompt
 
 log = logging.getLogger(__name__)
 
 
-class ApproxTokenCounter:
-    """For a remote model whose tokenizer.model is not available locally: a deliberately high estimate so packed
-    prompts stay inside the window. ChatGLM2 spends at most one token per CJK character and per digit (digits are
-    split), and ~4 characters per token on English; this counts 1, 1 and 3."""
-
-    approximate = True
-    _ONE_EACH = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef0-9]")
-
-    def count_tokens(self, text: str, *, add_prefix: bool = True) -> int:
-        single = len(self._ONE_EACH.findall(text))
-        return single + math.ceil((len(text) - single) / 3) + (2 if add_prefix else 0)
-
-    def encode(self, text: str, *, add_prefix: bool = True) -> list[int]:
-        raise NotImplementedError("no local tokenizer.model: set llm.model_path to a folder holding ChatGLM2's "
-                                  "tokenizer.model for exact token ids")
+class ApproxTokenCounter(EstimatingTokenizer):
+    """For a remote model whose tokenizer.model is not available locally: `kb_qa.llm.estimate`'s upper bound,
+    so packed prompts stay inside the window."""
 
     def build_chat_prompt(self, question: str, history: History = ()) -> str:
         return build_chat_prompt(question, history)
@@ -100,6 +86,10 @@ def retrieval_only_reason(settings) -> str | None:
             return "retrieval-only: llm.backend is 'none'"
         case "openai":
             return None
+        case "llamacpp":
+            if not s.model_path or not Path(s.model_path).expanduser().exists():
+                return f"retrieval-only: llm.backend is 'llamacpp' and model_path {s.model_path!r} does not exist"
+            return None
         case _:
             if not s.model_path:
                 return "retrieval-only: no model_path configured (set llm.model_path or KB_QA_LLM__MODEL_PATH)"
@@ -113,11 +103,12 @@ def retrieval_only_reason(settings) -> str | None:
 
 
 def resolve_llm(settings, *, static_cache: bool | None = None, compile: bool | None = None,
-                free_memory=None) -> tuple[LLMHandle | None, str]:
+                free_memory=None, generation_lock=None) -> tuple[LLMHandle | None, str]:
     """(handle, handle.describe()) or (None, the reason answers are retrieval-only).
 
     `static_cache`/`compile`: the GPU decode speed-ups of ChatGLM2Generator (see generation.py); default from
-    settings llm.static_cache / llm.compile."""
+    settings llm.static_cache / llm.compile. `generation_lock`: the lock the local generator serialises on
+    (kb_qa.app.App passes its one generation lock, so every front end queues on the same object)."""
     s = _llm_settings(settings)
     if static_cache is None:
         static_cache = bool(getattr(s, "static_cache", False))
@@ -130,10 +121,14 @@ def resolve_llm(settings, *, static_cache: bool | None = None, compile: bool | N
     match s.backend:
         case "openai":
             handle = _openai_handle(s)
+        case "llamacpp":
+            handle = _llamacpp_handle(s)
         case "chatglm2":
             handle = _chatglm2_handle(s, static_cache=static_cache, compile=compile, free_memory=free_memory)
+            if generation_lock is not None:
+                handle.generator.lock = generation_lock
         case other:
-            raise ValueError(f"llm.backend={other!r}: expected 'chatglm2', 'openai' or 'none'")
+            raise ValueError(f"llm.backend={other!r}: expected 'chatglm2', 'llamacpp', 'openai' or 'none'")
     log.info("answering model: %s", handle.describe())
     return handle, handle.describe()
 
@@ -148,7 +143,8 @@ def _chatglm2_handle(s, *, static_cache: bool, compile: bool | None, free_memory
     from kb_qa.llm.loader import load_chatglm2
 
     loaded = load_chatglm2(s.model_path, device=s.device, dtype=s.dtype, quantization=s.quantization,
-                           max_context_tokens=s.max_context_tokens, free_memory=free_memory)
+                           max_context_tokens=s.max_context_tokens, free_memory=free_memory,
+                           adapter=getattr(s, "adapter", None))
     generator = ChatGLM2Generator(loaded.model, loaded.tokenizer, params=SamplingParams.from_settings(s),
                                   max_context_tokens=s.max_context_tokens, static_cache=static_cache,
                                   compile=compile)
@@ -159,17 +155,22 @@ def _chatglm2_handle(s, *, static_cache: bool, compile: bool | None, free_memory
     )
 
 
+def _llamacpp_handle(s) -> LLMHandle:
+    from kb_qa.llm.llamacpp_backend import LlamaCppGenerator
+
+    generator = LlamaCppGenerator.from_settings(s)
+    return LLMHandle(backend="llamacpp", tokenizer=generator.tokenizer, max_context_tokens=s.max_context_tokens,
+                     max_new_tokens=s.max_new_tokens, description=generator.describe(), generator=generator)
+
+
 def _openai_handle(s) -> LLMHandle:
-    from kb_qa.llm.loader import resolve_model_path
     from kb_qa.llm.openai_backend import OpenAICompatibleClient
 
     client = OpenAICompatibleClient.from_settings(s)
-    tokenizer: Any = ApproxTokenCounter()
-    note = "; token counts approximate (no local tokenizer.model)"
-    folder = resolve_model_path(s.model_path) if s.model_path else None
-    if folder is not None and (Path(folder) / TOKENIZER_FILE).is_file():
-        tokenizer = ChatGLM2Tokenizer.from_folder(folder)
-        note = ""
+    tokenizer: Any = configured_tokenizer(s)
+    note = ""
+    if tokenizer is None:
+        tokenizer, note = ApproxTokenCounter(), "; token counts over-estimated (no local tokenizer.model)"
     return LLMHandle(
         backend="openai", tokenizer=tokenizer, max_context_tokens=s.max_context_tokens, max_new_tokens=s.max_new_tokens,
         description=client.describe() + note, client=client,

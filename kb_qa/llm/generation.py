@@ -142,12 +142,23 @@ class ChatGLM2Generator:
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=None,
         )
+        prefix = getattr(self.model, "kb_qa_prefix", None)  # P-tuning v2 (prefix.py)
+        if prefix is not None:
+            if self.static_cache:
+                raise GenerationError("a P-tuning prefix needs the dynamic cache: set llm.static_cache=false")
+            # generate takes the cache's P entries as already-seen tokens: P placeholder ids (never read), the mask
+            # extended over the prefix, positions from P (the prefix keys are rotated to make that exact).
+            p, b = prefix.length, input_ids.shape[0]
+            input_ids = torch.cat([input_ids.new_full((b, p), self.tokenizer.pad_token_id), input_ids], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones((b, p)), attention_mask], dim=1)
         kwargs = dict(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
             logits_processor=LogitsProcessorList([InvalidScoreGuard()]),
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
         )
-        if self.static_cache:
+        if prefix is not None:
+            kwargs["past_key_values"] = prefix.cache(input_ids.shape[0])
+        elif self.static_cache:
             kwargs["past_key_values"] = self._static_cache(input_ids.shape[0])
             if not self.compile:
                 config.disable_compile = True
@@ -261,7 +272,8 @@ class ChatGLM2Generator:
             kwargs = self._generation_kwargs(input_ids, attention_mask, params, threading.Event())
             output = self._worker.submit(self._run_generate, kwargs).result()
         answers = []
-        for row in output[:, input_ids.shape[1]:].tolist():
+        prompt_width = kwargs["input_ids"].shape[1] if kwargs else input_ids.shape[1]  # + a P-tuning prefix
+        for row in output[:, prompt_width:].tolist():
             if self.tokenizer.eos_token_id in row:
                 row = row[: row.index(self.tokenizer.eos_token_id)]
             text, _ = apply_stop(process_response(self.tokenizer.decode(row)), params.stop)

@@ -63,12 +63,14 @@ class LoadedModel:
     source: Path
     num_parameters: int
     devices: list[str] = field(default_factory=list)  # every device holding layers
+    checkpoint_note: str = ""  # e.g. "int4 checkpoint dequantized"
 
     def describe(self) -> str:
         where = ",".join(self.devices) if self.devices else str(self.device)
         precision = _DTYPE_NAMES.get(self.dtype, str(self.dtype))
         quant = f" {self.quantization}" if self.quantization != "none" else ""
-        return f"ChatGLM2 on {where} {precision}{quant}"
+        note = f" ({self.checkpoint_note})" if self.checkpoint_note else ""
+        return f"ChatGLM2 on {where} {precision}{quant}{note}"
 
 
 # -- where the checkpoint is ---------------------------------------------------------------------------------
@@ -304,11 +306,40 @@ def _plan_devices(model, glm_config, *, device: torch.device, device_setting: st
 
 
 def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto",
-                  quantization: str = "none", max_context_tokens: int = 8192, free_memory=None) -> LoadedModel:
+                  quantization: str = "none", max_context_tokens: int = 8192, free_memory=None,
+                  prequantized: str = "auto", adapter: str | os.PathLike | None = None) -> LoadedModel:
     """Load a ChatGLM2 checkpoint (original or converted folder, or cached repo id) as GlmForCausalLM.
 
     `free_memory(device) -> bytes | None` is the probe used by the memory check (tests pass a fake one).
+    `prequantized` (official int4/int8 checkpoints only): 'auto' = 'packed' on CUDA, 'dequantize' elsewhere.
+    `adapter`: a PEFT LoRA folder merged into the weights after loading (adapters.py).
     """
+    loaded = _load(model_path, device=device, dtype=dtype, quantization=quantization,
+                   max_context_tokens=max_context_tokens, free_memory=free_memory, prequantized=prequantized)
+    if adapter and _is_ptuning(adapter):
+        from kb_qa.llm.prefix import load_prefix
+
+        loaded.model.kb_qa_prefix = load_prefix(adapter, loaded.model)  # read by ChatGLM2Generator
+        loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"p-tuning {Path(adapter).name}"]))
+    elif adapter:
+        from kb_qa.llm.adapters import apply_adapter
+
+        if loaded.quantization != "none":
+            raise ModelLoadError(f"llm.adapter needs full-precision weights, the model is {loaded.quantization}; "
+                                 "merge it first: python -m kb_qa.llm.convert SRC DST --merge-adapter ADAPTER")
+        apply_adapter(loaded.model, adapter)
+        loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"adapter {Path(adapter).name}"]))
+    return loaded
+
+
+def _is_ptuning(adapter) -> bool:
+    from kb_qa.llm.prefix import is_ptuning_folder
+
+    return is_ptuning_folder(Path(adapter).expanduser())
+
+
+def _load(model_path, *, device: str, dtype: str, quantization: str, max_context_tokens: int, free_memory,
+          prequantized: str) -> LoadedModel:
     free_memory = free_memory or free_memory_bytes
     folder = resolve_model_path(model_path)
     if folder is None:
@@ -320,6 +351,12 @@ def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype:
 
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
+    if is_chatglm2_config(raw) and raw.get("quantization_bit"):
+        from kb_qa.llm.quantized import load_prequantized
+
+        return load_prequantized(folder, parse_chatglm2_config(raw), tokenizer, device=target, dtype=torch_dtype,
+                                  quantization=quantization, mode=prequantized, context_tokens=max_context_tokens,
+                                  free_memory=free_memory)
     if quantization != "none":
         return _load_quantized(folder, raw, tokenizer, device=target, device_setting=device, dtype=torch_dtype,
                                quantization=quantization, context_tokens=max_context_tokens, free_memory=free_memory)

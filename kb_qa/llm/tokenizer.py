@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kb_qa.llm.config import SPECIAL_TOKENS
+from kb_qa.schema import History
 
 TOKENIZER_FILE = "tokenizer.model"
-History = Sequence[tuple[str, str]]
 
 
 def build_chat_prompt(question: str, history: History = ()) -> str:

@@ -31,12 +31,10 @@ from typing import Any
 from kb_qa.qa.packing import Packed, pack, token_counter
 from kb_qa.qa.prompts import Prompts, load_prompts
 from kb_qa.qa.rewrite import standalone_query
-from kb_qa.retrieval.retriever import SearchResult, retriever_for
-from kb_qa.schema import Answer, Source
+from kb_qa.retrieval.retriever import SearchResult
+from kb_qa.schema import Answer, History, Source
 
 log = logging.getLogger(__name__)
-
-History = Sequence[tuple[str, str]]
 
 
 def apply_overrides(settings, overrides: Mapping[str, Any] | None):
@@ -64,14 +62,17 @@ def apply_overrides(settings, overrides: Mapping[str, Any] | None):
     return settings.model_copy(update=updates)
 
 
-def _llm_parts(llm):
-    """(LangChain LLM or None, tokenizer or None) of a handle / bare LLM / None."""
-    if llm is None:
-        return None, None
-    lc = getattr(llm, "langchain_llm", None)
-    if lc is not None:
-        return lc, getattr(llm, "tokenizer", None)
-    return llm, getattr(llm, "tokenizer", None)
+def _llm_parts(llm, app=None):
+    """(LangChain LLM or None, tokenizer or None) of a handle / bare LLM / None. Without a tokenizer of its own,
+    the app's configured one (ChatGLM2's tokenizer.model, weights not needed) counts, so retrieval-only mode and a
+    remote model pack with exact counts whenever the file is there."""
+    lc = None if llm is None else getattr(llm, "langchain_llm", None)
+    if lc is None:
+        lc = llm
+    tokenizer = getattr(llm, "tokenizer", None) if llm is not None else None
+    if (tokenizer is None or getattr(tokenizer, "approximate", False)) and app is not None:
+        tokenizer = getattr(app, "tokenizer", None) or tokenizer
+    return lc, tokenizer
 
 
 def _label(source: Source) -> str:
@@ -89,7 +90,7 @@ class QAChain:
                files: Iterable[str] | None = None, **options) -> SearchResult:
         """Retrieval as the chain does it (same settings and overrides), without rewriting or generation."""
         settings = apply_overrides(self.app.settings, overrides)
-        return retriever_for(self.app).search_detailed(query, kbs, settings=settings.retrieval, files=files,
+        return self.app.retriever.search_detailed(query, kbs, settings=settings.retrieval, files=files,
                                                        **options)
 
     def prompts(self, settings=None) -> Prompts:
@@ -99,7 +100,7 @@ class QAChain:
         """The prompt for `question` with `sources` ([1]..[n]) and `history`, fitted to the window."""
         settings = settings or self.app.settings
         prompts = self.prompts(settings)
-        _, tokenizer = _llm_parts(self.llm)
+        _, tokenizer = _llm_parts(self.llm, self.app)
         count, estimated = token_counter(tokenizer)
         rounds = settings.qa.history_rounds
         history = list(history)[-rounds:] if rounds > 0 else []
@@ -118,8 +119,10 @@ class QAChain:
         return result
 
     def stream_answer(self, question: str, history: History = (), kbs: str | Sequence[str] | None = None, *,
-                      overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None
-                      ) -> Generator[str | Answer, None, Answer]:
+                      overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None,
+                      on_sources=None) -> Generator[str | Answer, None, Answer]:
+        """`on_sources(sources, query)`: called once the passages are chosen, before generation starts (the web
+        page shows them, and keeps them if the user stops the answer half-way)."""
         started = time.perf_counter()
         settings = apply_overrides(self.app.settings, overrides)
         prompts = self.prompts(settings)
@@ -137,7 +140,7 @@ class QAChain:
         timings["rewrite"] = _ms(t)
 
         t = time.perf_counter()
-        found = retriever_for(self.app).search_detailed(query, kbs, settings=settings.retrieval, files=files)
+        found = self.app.retriever.search_detailed(query, kbs, settings=settings.retrieval, files=files)
         timings["retrieval"] = _ms(t)
         for name in ("embed", "dense", "keyword", "fuse", "rerank"):
             if name in found.timings_ms:
@@ -147,7 +150,7 @@ class QAChain:
         if not sources:
             if settings.qa.no_answer_mode == "chat" and lc is not None:
                 return (yield from self._generate(question, [], history, settings, prompts, timings, started,
-                                                  query, mode="chat"))
+                                                  query, mode="chat", on_sources=on_sources))
             text = prompts.no_answer
             yield text
             result = Answer(question, text, [], mode="no-answer", query=query,
@@ -169,9 +172,10 @@ class QAChain:
             return result
 
         return (yield from self._generate(question, sources, history, settings, prompts, timings, started, query,
-                                          mode="llm"))
+                                          mode="llm", on_sources=on_sources))
 
-    def _generate(self, question, sources, history, settings, prompts, timings, started, query, *, mode):
+    def _generate(self, question, sources, history, settings, prompts, timings, started, query, *, mode,
+                  on_sources=None):
         lc, _ = _llm_parts(self.llm)
         t = time.perf_counter()
         if mode == "chat":
@@ -181,6 +185,8 @@ class QAChain:
             packed = self.pack(question, sources, history, settings)
             kept = [replace(s, text=text) for s, (_, text) in zip(sources, packed.passages)]
         timings["packing"] = _ms(t)
+        if on_sources is not None:
+            on_sources(kept, query)
         for note in packed.notes:
             log.info("%s", note)
         t = time.perf_counter()
@@ -202,7 +208,7 @@ class QAChain:
         return result
 
     def _pack_plain(self, question: str, history: History, settings) -> Packed:
-        _, tokenizer = _llm_parts(self.llm)
+        _, tokenizer = _llm_parts(self.llm, self.app)
         count, estimated = token_counter(tokenizer)
         rounds = settings.qa.history_rounds
         history = list(history)[-rounds:] if rounds > 0 else []
@@ -212,10 +218,11 @@ class QAChain:
 
 
 def stream_answer(app, question: str, *, kbs: str | Sequence[str] | None = None, history: History = (),
-                  llm=None, overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None
-                  ) -> Generator[str | Answer, None, Answer]:
+                  llm=None, overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None,
+                  on_sources=None) -> Generator[str | Answer, None, Answer]:
     """Text pieces, then the final `Answer` (last item, and the return value). See the module docstring."""
-    return QAChain(app, llm).stream_answer(question, history, kbs, overrides=overrides, files=files)
+    return QAChain(app, llm).stream_answer(question, history, kbs, overrides=overrides, files=files,
+                                           on_sources=on_sources)
 
 
 def answer(app, question: str, *, kbs: str | Sequence[str] | None = None, history: History = (), llm=None,

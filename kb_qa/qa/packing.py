@@ -13,21 +13,21 @@ Order of sacrifice when it does not all fit:
 Text is only ever cut between characters (Python string slicing), never inside one, and every count is of the
 complete prompt string, so tokens merging across boundaries are counted as the model will see them.
 
-Without a tokenizer (retrieval-only mode, no model loaded) `estimate_tokens` stands in: a deliberate over-estimate
-of ChatGLM2's count for ordinary text (see its docstring).
+Without a tokenizer (no tokenizer.model configured) `kb_qa.llm.estimate.estimate_tokens` stands in: an upper bound
+of ChatGLM2's count, never below it.
 
 Pure functions: the caller passes the prompt pieces and a `count_tokens(text) -> int` that includes the prefix.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-History = Sequence[tuple[str, str]]
-PREFIX_TOKENS = 2  # [gMASK] sop: every ChatGLM2 prompt starts with them
+from kb_qa.llm.estimate import PREFIX_TOKENS, estimate_tokens
+from kb_qa.schema import History
+
 
 _SENTENCE_END = re.compile(r"(?:[。！？；…!?;]+|\.(?=\s))[”’」』）》】)\"']*|\n")
 
@@ -41,30 +41,6 @@ def chat_prompt(user_turn: str, history: History = ()) -> str:
     from kb_qa.llm.tokenizer import build_chat_prompt
 
     return build_chat_prompt(user_turn, history)
-
-
-def estimate_tokens(text: str, *, add_prefix: bool = True) -> int:
-    """An over-estimate of ChatGLM2's token count without its tokenizer.
-
-    Per character: ASCII letters and spaces 1/3 (rounded up per run; ChatGLM2 averages ~4 characters per English
-    token); other ASCII (digits, which ChatGLM2 splits one per token, punctuation, newlines) 1; CJK and other BMP
-    characters 1 (ChatGLM2 averages ~1.4 common Chinese characters per token); CJK Extension A 3 and characters
-    outside the BMP (emoji, rare ideographs) 4, the byte-fallback worst case. Plus the 2-token prefix.
-    """
-    total = PREFIX_TOKENS if add_prefix else 0
-    run = 0
-    for ch in text:
-        if ch.isascii() and (ch.isalpha() or ch == " "):
-            run += 1
-            continue
-        if run:
-            total += math.ceil(run / 3)
-            run = 0
-        code = ord(ch)
-        total += 4 if code > 0xFFFF else 3 if 0x3400 <= code <= 0x4DBF else 1
-    if run:
-        total += math.ceil(run / 3)
-    return total
 
 
 def token_counter(tokenizer) -> tuple[Callable[[str], int], bool]:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from kb_qa.settings import PROJECT_ROOT
+from kb_qa.locations import packaged_configs
 
-PROMPTS_DIR = PROJECT_ROOT / "configs" / "prompts"
+PROMPTS_DIR = packaged_configs() / "prompts"  # configs/prompts/ in a checkout, kb_qa/configs/prompts/ installed
 _REQUIRED = ("rag_template", "source_format", "source_separator", "material_open", "material_close", "no_answer",
              "retrieval_only_header", "rewrite_template", "rewrite_history_line")
 

@@ -19,10 +19,10 @@ import re
 from collections.abc import Sequence
 
 from kb_qa.qa.prompts import Prompts
+from kb_qa.schema import History
 
 log = logging.getLogger(__name__)
 
-History = Sequence[tuple[str, str]]
 REWRITE_MAX_NEW_TOKENS = 64
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[A-Za-z0-9]+")
