@@ -71,10 +71,33 @@ class IngestSettings(Section):
             ".txt", ".md", ".markdown", ".pdf", ".docx", ".pptx", ".html", ".htm", ".xhtml", ".csv", ".tsv",
             ".xlsx", ".json", ".jsonl", ".odt", ".rtf", ".epub", ".eml", ".xml",
         ],
-        description="File name extensions picked up when a folder is ingested.",
+        description="File name extensions picked up when a folder is ingested (add .png .jpg .jpeg .bmp .tif .tiff .webp to OCR images too).",
     )
     commit_every_chunks: int = Field(
         4096, ge=1, description="Embedded chunks per atomic commit; a crash loses at most one batch of work."
+    )
+    # Per-file bounds on untrusted input and OCR (owned by the loaders; see kb_qa/ingest/limits.py).
+    max_expanded_mb: float = Field(
+        256.0, gt=0, description="ZIP-based files (docx xlsx pptx odt epub) expanding beyond this (MiB) are refused."
+    )
+    max_pages_per_file: int = Field(5000, ge=1, description="PDF pages / image frames per file; more is refused.")
+    max_chars_per_file: int = Field(10_000_000, ge=1, description="Characters of text per file; more is refused.")
+    max_chunks_per_file: int = Field(20_000, ge=1, description="Chunks per file; more is refused.")
+    max_parse_seconds: float = Field(
+        300.0, gt=0, description="Wall time to parse one file (OCR included); the parser is stopped beyond it."
+    )
+    parse_memory_mb: int = Field(3072, ge=256, description="Address-space cap (MiB) of the parser process.")
+    isolate_parsing: bool = Field(
+        True, description="Parse each file in a worker process (time and memory bounds hold only then)."
+    )
+    ocr: Literal["auto", "off", "force"] = Field(
+        "auto", description="OCR (RapidOCR, offline): auto = scanned pages and images only; force = every page "
+        "with an image; off = never."
+    )
+    ocr_threads: int = Field(2, ge=1, le=64, description="CPU threads for OCR (onnxruntime intra-op).")
+    ocr_max_pages: int = Field(100, ge=1, description="Pages OCR'd per file; later pages are skipped.")
+    pdf_backend: Literal["pypdf", "pymupdf"] = Field(
+        "pypdf", description="PDF text extraction; pymupdf (AGPL-3.0) is an opt-in extra, not installed by default."
     )
 
 

@@ -202,14 +202,15 @@ def test_ask_streams_to_the_terminal(tiny_dir, capsys):
     assert printed == handle.chat("你好") + "\n"
 
 
-def test_ask_without_a_model_or_without_no_kb_exits_2(monkeypatch, capsys):
+def test_ask_without_a_model_or_without_no_kb_exits_unavailable(monkeypatch, capsys):
     from kb_qa.ask import main
+    from kb_qa.errors import EXIT_UNAVAILABLE
 
     monkeypatch.setenv("KB_QA_CONFIG", str(REPO / "none.yaml"))
     monkeypatch.delenv("KB_QA_LLM__MODEL_PATH", raising=False)
-    assert main(["你好", "--no-kb"]) == 2
+    assert main(["你好", "--no-kb"]) == EXIT_UNAVAILABLE
     assert "there is no model" in capsys.readouterr().err
-    assert main(["你好", "--no-kb", "--llm", "/nonexistent/model"]) == 2
+    assert main(["你好", "--no-kb", "--llm", "/nonexistent/model"]) == EXIT_UNAVAILABLE
     assert "not found" in capsys.readouterr().err
     assert main(["你好", "--kb", "no-such-kb-here"]) != 0  # without --no-kb it answers from a knowledge base
     assert "does not exist" in capsys.readouterr().err
