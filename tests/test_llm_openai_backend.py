@@ -175,9 +175,9 @@ def test_capacity_errors_are_retried_honouring_retry_after_within_the_budget(ser
 
 def test_token_counts_exact_with_a_local_tokenizer_else_approximate(server, tiny_dir):
     exact = load_llm(_settings(server, model_path=str(tiny_dir)))
-    assert isinstance(exact.tokenizer, ChatGLM2Tokenizer) and "approximate" not in exact.describe()
+    assert isinstance(exact.tokenizer, ChatGLM2Tokenizer) and "over-estimated" not in exact.describe()
     approx = load_llm(_settings(server))
-    assert isinstance(approx.tokenizer, ApproxTokenCounter) and "approximate" in approx.describe()
+    assert isinstance(approx.tokenizer, ApproxTokenCounter) and "over-estimated" in approx.describe()
     text = "知识库问答 retrieval augmented generation 2023"
     assert exact.tokenizer.count_tokens(text) == len(exact.tokenizer.encode(text))
     # high on purpose: every CJK character and digit one token, 3 characters per token otherwise, plus the prefix
