@@ -180,5 +180,5 @@ def test_token_counts_exact_with_a_local_tokenizer_else_approximate(server, tiny
     assert isinstance(approx.tokenizer, ApproxTokenCounter) and "over-estimated" in approx.describe()
     text = "知识库问答 retrieval augmented generation 2023"
     assert exact.tokenizer.count_tokens(text) == len(exact.tokenizer.encode(text))
-    # high on purpose: every CJK character and digit one token, 3 characters per token otherwise, plus the prefix
-    assert approx.tokenizer.count_tokens(text) == 9 + 11 + 2  # 9 CJK+digits, 32 other characters / 3, prefix
+    # high on purpose (llm's counter): never under the real count, so packed prompts stay inside the window
+    assert approx.tokenizer.count_tokens(text) >= exact.tokenizer.count_tokens(text)
