@@ -200,6 +200,12 @@ class LLMSettings(Section):
     openai_model: str = Field("chatglm2-6b", description="Model name sent to the OpenAI-compatible endpoint.")
     openai_api_key: str = Field("EMPTY", description="API key for the OpenAI-compatible endpoint.")
     openai_timeout_s: float = Field(120.0, gt=0)
+    openai_max_retries: int = Field(
+        4, ge=0, le=20, description="Backend 'openai': retries of a 429/503/connection failure, honouring Retry-After."
+    )
+    openai_retry_budget_s: float = Field(
+        120.0, ge=0, description="Backend 'openai': at most this many seconds spent waiting between retries."
+    )
 
 
 class QASettings(Section):
