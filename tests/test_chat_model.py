@@ -96,3 +96,21 @@ def test_from_app_without_a_model_says_why(settings):
 
     with pytest.raises(UnavailableError, match="no local ChatGLM2"):
         ChatGLM2ChatModel.from_app(App(settings))
+
+
+def test_from_app_generates_under_the_apps_lock(settings, generator):
+    import threading
+
+    from kb_qa.app import App
+    from kb_qa.llm.factory import LLMHandle
+
+    app = App(settings, llm=LLMHandle(backend="chatglm2", tokenizer=generator.tokenizer, generator=generator,
+                                      max_context_tokens=8192, max_new_tokens=12, description="tiny"))
+    chat = ChatGLM2ChatModel.from_app(app, max_tokens=2)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (chat.invoke([HumanMessage("q")]), done.set()))
+    with app.generation_lock:  # another front end of this App is generating
+        worker.start()
+        assert not done.wait(0.5)
+    worker.join(30)
+    assert done.is_set()

@@ -84,6 +84,16 @@ def messages_to_rounds(messages: Sequence[BaseMessage]) -> tuple[str, list[tuple
     return turns[-1][1], history
 
 
+def _holding(lock, pieces: Iterator[str]) -> Iterator[str]:
+    with lock:
+        try:
+            yield from pieces
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+
+
 class ChatGLM2ChatModel(BaseChatModel):
     """ChatGLM2 (local generator) as a LangChain chat model; see the module docstring."""
 
@@ -94,6 +104,7 @@ class ChatGLM2ChatModel(BaseChatModel):
     max_tokens: int | None = None  # default answer tokens; None = the generator's own default
     temperature: float | None = None
     top_p: float | None = None
+    lock: Any = None  # an outer lock held while generating (App's generation lock when not the generator's own)
 
     @classmethod
     def from_app(cls, app, **fields: Any) -> ChatGLM2ChatModel:
@@ -103,6 +114,8 @@ class ChatGLM2ChatModel(BaseChatModel):
         if generator is None:
             raise UnavailableError(f"no local ChatGLM2 to chat with ({app.llm_status()})")
         fields.setdefault("model_name", app.llm_status().name or "chatglm2-6b")
+        if getattr(generator, "lock", None) is not app.generation_lock:  # an injected model: serialise it too
+            fields.setdefault("lock", app.generation_lock)
         return cls(generator=generator, **fields)
 
     @property
@@ -133,6 +146,8 @@ class ChatGLM2ChatModel(BaseChatModel):
         seed = sampling.pop("seed", None)
         pieces = self.generator.stream(prompt, seed=seed, on_finish=lambda n, why: finished.update(n=n, why=why),
                                        **sampling)
+        if self.lock is not None:
+            pieces = _holding(self.lock, pieces)
         try:
             for piece in pieces:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
