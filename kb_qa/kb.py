@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="knowledge bases with their sizes")
     sub.add_parser("show", help="a knowledge base's documents").add_argument("name")
     sub.add_parser("delete", help="delete a knowledge base's index and records").add_argument("name")
+    sub.add_parser("check", help="verify knowledge bases (integrity, counts, index, orphan files)"
+                   ).add_argument("name", nargs="?")
+    sub.add_parser("repair", help="fix a knowledge base from its records (index, keyword table, orphans)"
+                   ).add_argument("name")
     remove = sub.add_parser("remove", help="remove documents (paths as `show` lists them)")
     remove.add_argument("name")
     remove.add_argument("paths", nargs="+")
@@ -46,15 +50,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(app, args) -> int:
     out = lambda obj: print(json.dumps(obj, ensure_ascii=False, indent=1))  # noqa: E731
+    if args.command in ("check", "repair"):
+        return _doctor(app, args, out)
     if args.command == "list":
-        infos = [app.kb(n).info() for n in app.kb_names()]
+        from kb_qa.store import KnowledgeBaseError
+
+        infos, damaged = [], []
+        for n in app.kb_names():
+            try:
+                infos.append(app.kb(n).info())
+            except KnowledgeBaseError as exc:  # one damaged KB never hides the others
+                damaged.append((n, str(exc)))
         if args.json:
             out([{"name": i.name, "documents": i.documents, "chunks": i.chunks,
-                  "embedding_model": i.embedding_model} for i in infos])
+                  "embedding_model": i.embedding_model} for i in infos]
+                + [{"name": n, "damaged": reason} for n, reason in damaged])
         else:
             for i in infos:
                 print(f"{i.name:24} {i.documents:6} documents {i.chunks:8} chunks  {i.embedding_model or '-'}")
-            if not infos:
+            for n, reason in damaged:
+                print(f"{n:24} DAMAGED: {reason}")
+            if not infos and not damaged:
                 print("no knowledge bases yet: python -m kb_qa.ingest PATH --kb NAME")
         return 0
     if args.command == "show":
@@ -87,6 +103,23 @@ def _run(app, args) -> int:
             print(f"{'not found' if path in missing else 'removed'}: {path}")
         return 1 if missing else 0
     raise AssertionError(args.command)
+
+
+def _doctor(app, args, out) -> int:
+    from kb_qa.store import KnowledgeBase, doctor
+
+    if args.command == "repair":
+        done = doctor.repair(KnowledgeBase(app.store_root, args.name))
+        out(done) if args.json else print("\n".join(done) or "nothing to repair")
+        return 0
+    names = [args.name] if args.name else app.kb_names()
+    reports = [doctor.check(KnowledgeBase(app.store_root, n)) for n in names]
+    if args.json:
+        out([{"name": r.name, "ok": r.ok, "problems": r.problems, **r.facts} for r in reports])
+    else:
+        for r in reports:
+            print(f"{r.name}: " + ("ok" if r.ok else "; ".join(r.problems)))
+    return 0 if all(r.ok for r in reports) else 1
 
 
 if __name__ == "__main__":
