@@ -5,7 +5,7 @@
 
 For each question the dense and keyword candidate lists (retrieval.candidates each) are collected once, with the
 exact similarities the product computes; then every rule ranks the union, passages are deduplicated by document,
-and hit@1/5/10 and MRR@10 are reported per rule and set. `mixture` is the product's rule (kb_qa.retrieval.fusion);
+and hit@1/5/10 and MRR@10 are reported per rule and set. `calibrated` is the product's rule (kb_qa.retrieval.calibration), `mixture` the previous default;
 the others are the usual alternatives (RRF k=60, Qdrant's DBSF, z-score sum, min-max sum), the mixture without
 weights or weighted by peak share, ranking by the product's score itself, and (for comparison only) the mixture at
 temperature 2 std. Nothing is tuned here: each rule has its textbook constants.
@@ -41,6 +41,8 @@ def collect(app, bench, kb_name, names):
         missing = [c for c in ids if c not in doc_of]
         for cid, rec in kb.get_chunks(missing).items():
             doc_of[cid] = names.get(rec.sources[0]) if rec.sources else None
+        upper = stats.bm25_upper() or 1.0
+        keyword = [(c, s / upper) for c, s in keyword]  # BM25 as a share of the question's bound (monotone)
         rows.append((bench.qrels[qid], dense, keyword, cosines(kb, qvec, ids),
                      keyword_similarities(kb, text, ids, stats), min(n, stats.n_docs)))
     return rows, doc_of
@@ -111,8 +113,19 @@ def rule_linear_similarity(d, k, ds, ks, pool):
     return [h.key for h in sorted(hits, key=lambda h: -h.score)]
 
 
+_CALIBRATION = {}  # the current set's Calibration (set in main)
+
+
+def rule_calibrated(d, k, ds, ks, pool):
+    """The product's rule: the KB's calibrated relevance probability (kb_qa.retrieval.calibration)."""
+    from kb_qa.retrieval.fusion import fuse_calibrated
+
+    cal = _CALIBRATION["current"]
+    return [h.key for h in fuse_calibrated(d, k, ds, ks, dict(k), lambda key: cal)]
+
+
 def rule_mixture(d, k, ds, ks, pool):
-    """The product's rule: per-list softmax(z) shares, each list weighted by its confidence (1 - entropy)."""
+    """The previous default: per-list softmax(z) shares, each list weighted by its confidence (1 - entropy)."""
     from kb_qa.retrieval.fusion import fuse
 
     return [h.key for h in fuse(d, k, ds, ks, keyword_pool=pool)]
@@ -218,6 +231,10 @@ def main(argv=None) -> int:
         _, names = ingest_bench(app, bench, kb_name, sub / "documents" / kb_name)
         t = time.perf_counter()
         rows, doc_of = collect(app, bench, kb_name, names)
+        from kb_qa.retrieval.retriever import retriever_for
+
+        _CALIBRATION["current"] = cal = retriever_for(app).calibration(app.kb(kb_name))
+        print(f"{bench.name}: calibration {cal.summary()}", file=sys.stderr)
         print(f"{bench.name}: {len(rows)} questions collected in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         results[bench.name] = {name: score(rows, doc_of, fn) for name, fn in RULES.items()}
     sets = list(results)

@@ -1,4 +1,6 @@
-"""python -m kb_qa.eval --bench DIR [--kb-dir DIR] [--json]: measure retrieval on your own labelled questions.
+"""python -m kb_qa.eval --bench DIR [--off-topic DIR2] [--kb-dir DIR] [--json]: measure retrieval on labelled
+questions; python -m kb_qa.eval --kb NAME --questions my.jsonl [--json]: on an existing KB, nothing re-ingested
+(the question file's format: kb_qa.retrieval.evaluation).
 
 DIR is a BEIR-layout folder:
   corpus.jsonl   {"_id", "title", "text"} one passage per line
@@ -15,7 +17,10 @@ dense only, keyword (BM25) only, and the fused default. Reported per way:
                           one, else the documented estimate)
   p50 / p95 ms            retrieval latency per question (question embedding + search + fusion + fetching text)
 Settings (embedding model, chunk size, candidates, threshold, top_k, reranker) come from the usual settings file and
-KB_QA_* variables, so the figures are those of your configuration. With --kb-dir the knowledge base is kept there
+KB_QA_* variables, so the figures are those of your configuration. With --off-topic DIR2, DIR2's questions are also
+asked against DIR's knowledge base: `refused_off_topic` is the share answered with the no-answer reply (no passage
+reached retrieval.score_threshold), `refused_answerable` the share of DIR's own questions wrongly refused.
+`calibration` is the KB's own measure of each retriever (pseudo-questions, kb_qa.retrieval.calibration). With --kb-dir the knowledge base is kept there
 and a re-run re-embeds nothing; without it, a temporary folder is used and removed.
 """
 
@@ -34,6 +39,8 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   python -m kb_qa.eval --bench ../shared/eval/cmrc2018_trial
+  python -m kb_qa.eval --bench ../shared/eval/xquad_zh --off-topic ../shared/eval/cmrc2018_trial --json
+  python -m kb_qa.eval --kb manuals --questions my_questions.jsonl
   python -m kb_qa.eval --bench my_questions/ --kb-dir /tmp/kbqa-eval --json
   KB_QA_EMBEDDING__MODEL=BAAI/bge-small-zh-v1.5 python -m kb_qa.eval --bench my_questions/
 """
@@ -119,6 +126,7 @@ class ModeResult:
     context: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     n: int = 0
+    refused: int = 0  # questions that got no passage (the no-answer reply)
 
     def summary(self) -> dict:
         n = max(self.n, 1)
@@ -128,6 +136,7 @@ class ModeResult:
         out["context_recall"] = round(self.context / n, 4)
         out["p50_ms"] = round(_percentile(lat, 50), 2)
         out["p95_ms"] = round(_percentile(lat, 95), 2)
+        out["refused"] = round(self.refused / n, 4)
         out["questions"] = self.n
         return out
 
@@ -198,11 +207,15 @@ def evaluate(app, bench: Bench, kb_name: str, names: dict[str, str], *, modes=MO
         for mode in modes:
             dense, keyword = flags[mode]
             t = time.perf_counter()
-            sources = retriever.search_detailed(text, kb_name, top_k=depth, dense=dense, keyword=keyword).sources
+            # Ranking quality is measured without refusal (threshold 0); whether the default threshold would have
+            # refused is read off the best score (the retriever refuses exactly when it is under the threshold).
+            sources = retriever.search_detailed(text, kb_name, top_k=depth, dense=dense, keyword=keyword,
+                                                score_threshold=0.0).sources
             elapsed = (time.perf_counter() - t) * 1000.0
             r = results[mode]
             r.n += 1
             r.latencies_ms.append(elapsed)
+            r.refused += not sources or sources[0].score < settings.retrieval.score_threshold
             ranked = [names.get(s.source) for s in sources]
             rank = next((i for i, pid in enumerate(ranked, start=1) if pid in gold), None)
             if rank is not None:
@@ -217,6 +230,8 @@ def evaluate(app, bench: Bench, kb_name: str, names: dict[str, str], *, modes=MO
     if bar is not None:
         bar.close()
     info = app.kb(kb_name).info()
+    fused_refused = results["fused"].refused if "fused" in results else None
+    calibration = retriever.calibration(app.kb(kb_name), settings.retrieval.candidates)
     return {
         "bench": bench.name,
         "passages": len(bench.corpus),
@@ -231,7 +246,19 @@ def evaluate(app, bench: Bench, kb_name: str, names: dict[str, str], *, modes=MO
         "token_count": "tokenizer" if tokenizer is not None else "estimate",
         "prompt_budget_tokens": settings.llm.max_context_tokens - settings.llm.max_new_tokens,
         "modes": {m: results[m].summary() for m in modes},
+        "refused_answerable": round(fused_refused / max(len(queries), 1), 4) if fused_refused is not None else None,
+        "calibration": calibration.summary(),
+        "calibration_detail": json.loads(calibration.to_json()),
     }
+
+
+def refusal_rate(app, kb_name: str, questions: list[str]) -> float:
+    """Share of `questions` that get no passage at all from `kb_name` with the default settings (refused)."""
+    from kb_qa.retrieval.retriever import retriever_for
+
+    retriever = retriever_for(app)
+    refused = sum(1 for text in questions if not retriever.search(text, kb_name))
+    return round(refused / max(len(questions), 1), 4)
 
 
 class _TokenizerOnly:
@@ -256,6 +283,12 @@ def format_table(report: dict) -> str:
     for mode, r in report["modes"].items():
         lines.append(f"{mode:<9}{r['hit@1']:>8.3f}{r['hit@5']:>8.3f}{r['hit@10']:>8.3f}{r['mrr@10']:>8.3f}"
                      f"{r['context_recall']:>9.3f}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}")
+    if report.get("refused_off_topic") is not None or report.get("refused_answerable") is not None:
+        lines.append(f"refusal (threshold {report['score_threshold']}): answerable refused "
+                     f"{report.get('refused_answerable')}, off-topic ({report.get('off_topic_bench')}) refused "
+                     f"{report.get('refused_off_topic')}")
+    if report.get("calibration"):
+        lines.append(f"calibration: {report['calibration']}")
     lines.append(f"context recall: gold passage among the top_k={report['top_k']} passages packed into a "
                  f"{report['prompt_budget_tokens']}-token prompt ({report['token_count']} token counts)")
     return "\n".join(lines)
@@ -264,7 +297,10 @@ def format_table(report: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kb_qa.eval", description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", required=True, metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels.tsv")
+    p.add_argument("--bench", metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels.tsv")
+    p.add_argument("--off-topic", metavar="DIR2", help="BEIR folder whose questions DIR's KB should refuse")
+    p.add_argument("--kb", metavar="NAME", help="evaluate this existing knowledge base (with --questions)")
+    p.add_argument("--questions", metavar="JSONL", help="questions for --kb: {question, source, answer} per line")
     p.add_argument("--kb-dir", metavar="DIR", help="keep the evaluation KB here (re-runs skip embedding); "
                    "default: a temporary folder, removed afterwards")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -290,8 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     from kb_qa.app import App
     from kb_qa.settings import load_settings
 
+    if args.kb or args.questions:
+        return _main_kb(args)
+    if not args.bench:
+        print("error: give --bench DIR, or --kb NAME --questions FILE", file=sys.stderr)
+        return 2
     try:
         bench = load_bench(args.bench)
+        off_topic = load_bench(args.off_topic) if args.off_topic else None
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -312,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(app, bench, kb_name, names, modes=modes, limit=args.limit, progress=progress)
         report["ingest_s"] = round(ingest_s, 2)
         report["chunks_embedded"] = report_ingest.chunks_embedded
+        if off_topic is not None:
+            report["off_topic_bench"] = off_topic.name
+            report["refused_off_topic"] = refusal_rate(app, kb_name, [t for _, t in off_topic.queries][:args.limit])
     finally:
         if tmp is not None:
             import shutil
@@ -321,6 +366,32 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     else:
         print(format_table(report))
+    return 0
+
+
+def _main_kb(args) -> int:
+    from kb_qa.app import App
+    from kb_qa.errors import KbQaError
+    from kb_qa.retrieval.evaluation import QuestionsError, evaluate_questions, format_report, load_questions
+    from kb_qa.settings import load_settings
+
+    if not (args.kb and args.questions):
+        print("error: --kb NAME and --questions FILE go together", file=sys.stderr)
+        return 2
+    try:
+        questions = load_questions(args.questions)
+        app = App(load_settings(args.config))
+        if args.kb not in app.kb_names():
+            print(f"error: no knowledge base named {args.kb!r}", file=sys.stderr)
+            return 2
+        report = evaluate_questions(app, args.kb, questions[:args.limit] if args.limit else questions)
+    except QuestionsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KbQaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    print(json.dumps(report, ensure_ascii=False, indent=1) if args.json else format_report(report))
     return 0
 
 

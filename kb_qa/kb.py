@@ -74,15 +74,20 @@ def _run(app, args) -> int:
                 print("no knowledge bases yet: python -m kb_qa.ingest PATH --kb NAME")
         return 0
     if args.command == "show":
+        from kb_qa.retrieval.calibration import stored as stored_calibration
+
         kb = app.kb(args.name)
         info, docs = kb.info(), kb.documents()
+        calibration = stored_calibration(kb)  # measured at the first search after an ingest; None until then
         if args.json:
             out({"name": info.name, "embedding_model": info.embedding_model, "dimension": info.dimension,
                  "documents": [{"source": d.source, "chunks": d.n_chunks, "bytes": d.size, "sha256": d.sha256,
-                                "origin": d.origin, "updated_at": d.updated_at} for d in docs]})
+                                "origin": d.origin, "updated_at": d.updated_at} for d in docs],
+                 "retrieval_calibration": calibration.summary() if calibration else None})
         else:
             print(f"{info.name}: {info.documents} documents, {info.chunks} chunks, "
                   f"embedding model {info.embedding_model or '-'} ({info.dimension or '-'} dims)")
+            print(f"  retrieval reliability: {calibration.summary() if calibration else 'not measured yet'}")
             for d in docs:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.updated_at))
                 print(f"  {d.n_chunks:6} chunks  {d.size:10} B  {when}  {d.source}")

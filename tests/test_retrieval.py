@@ -51,20 +51,24 @@ def test_scores_are_similarities_in_unit_interval(kb_app):
     best = sources[0]
     assert best.source in ("tea.txt", "copy_of_tea.txt")
     assert best.keyword_score > 0.5  # most of the question's information-carrying words are in it
-    # The score is a mean of the two similarities, so it lies between them.
-    assert min(best.dense_score, best.keyword_score) - 1e-6 <= best.score <= max(best.dense_score,
-                                                                              best.keyword_score) + 1e-6
+    # The score is the calibrated relevance probability: sources come in the order of their scores.
+    assert [s.score for s in sources] == sorted((s.score for s in sources), reverse=True)
 
 
-def test_threshold_drops_what_is_below_it(kb_app):
+def test_threshold_refuses_when_the_best_passage_is_below_it(kb_app):
     r = Retriever(kb_app)
     everything = r.search("cats sleeping", "main", top_k=10, score_threshold=0.0)
     assert len(everything) >= 3
-    cut = sorted(s.score for s in everything)[len(everything) // 2]
-    kept = r.search("cats sleeping", "main", top_k=10, score_threshold=cut)
-    assert kept and all(s.score >= cut for s in kept)
-    assert len(kept) < len(everything)
-    assert r.search("cats sleeping", "main", score_threshold=1.0) == []
+    best = everything[0].score
+    assert r.search("cats sleeping", "main", top_k=10, score_threshold=best - 1e-6) == everything
+    assert r.search("cats sleeping", "main", top_k=10, score_threshold=min(1.0, best + 1e-4)) == []
+
+
+def test_refusal_on_by_default(kb_app):
+    r = Retriever(kb_app)
+    assert kb_app.settings.retrieval.score_threshold > 0
+    assert r.search("How tall is the Eiffel Tower?", "main")[0].source == "eiffel.txt"
+    assert r.search("What is the capital of Mongolia and its population?", "main") == []
 
 
 def test_same_content_under_two_paths_is_one_hit(kb_app):
@@ -92,7 +96,8 @@ def test_several_knowledge_bases_at_once_and_duplicates_across_them(kb_app, tmp_
 
 def test_filter_by_file(kb_app):
     r = Retriever(kb_app)
-    sources = r.search("How tall is the Eiffel Tower?", "main", top_k=10, files=["cats.md", "tea.txt"])
+    sources = r.search("How tall is the Eiffel Tower?", "main", top_k=10, files=["cats.md", "tea.txt"],
+                       score_threshold=0.0)  # off-topic for those files: refused by default
     assert sources and {s.source for s in sources} <= {"cats.md", "tea.txt"}
     assert r.search("anything", "main", files=["missing.txt"]) == []
 
@@ -101,10 +106,10 @@ def test_each_side_can_be_switched_off(kb_app):
     r = Retriever(kb_app)
     dense_only = r.search("How tall is the Eiffel Tower?", "main", dense=True, keyword=False)
     assert dense_only[0].source == "eiffel.txt"
-    assert all(s.keyword_score is None and s.score == s.dense_score for s in dense_only)
+    assert all(s.keyword_score is None for s in dense_only)
     keyword_only = r.search("龙井茶", "main", dense=False, keyword=True)
     assert "龙井" in keyword_only[0].text
-    assert all(s.dense_score is None and s.score == s.keyword_score for s in keyword_only)
+    assert all(s.dense_score is None for s in keyword_only)
     assert r.search("zzqx xyzzy", "main", dense=False, keyword=True) == []
     with pytest.raises(ValueError, match="switched off"):
         r.search("x", "main", dense=False, keyword=False)

@@ -154,3 +154,30 @@ def _clip(value: float | None) -> float:
     if value is None:
         return 0.0
     return min(1.0, max(0.0, float(value)))
+
+
+# -- the calibrated rule (the product's default) ---------------------------------------------------------------
+def fuse_calibrated(dense: Sequence[tuple[Hashable, float]] | None,
+                    keyword: Sequence[tuple[Hashable, float]] | None,
+                    dense_sim: Mapping[Hashable, float] | None, keyword_sim: Mapping[Hashable, float] | None,
+                    bm25_share: Mapping[Hashable, float] | None, model_of) -> list[FusedHit]:
+    """Rank the union of the candidate lists by each KB's calibrated relevance probability (calibration.py).
+
+    `bm25_share`: BM25 / the question's BM25 bound, for keyword candidates (others count 0, as in calibration).
+    `model_of(key)`: the `Calibration` of the candidate's KB. Each hit's `support` and `score` are that probability,
+    so the order of the list is the order of the scores. None = that retriever is switched off.
+    """
+    use_dense, use_keyword = dense is not None, keyword is not None
+    ranks: dict[Hashable, list[int | None]] = {}
+    for side, lst in enumerate((dense or [], keyword or [])):
+        for rank, (key, _raw) in enumerate(lst, start=1):
+            ranks.setdefault(key, [None, None])[side] = rank
+    hits = []
+    for position, (key, (d_rank, k_rank)) in enumerate(ranks.items()):
+        ds = _clip((dense_sim or {}).get(key)) if use_dense else None
+        ks = _clip((keyword_sim or {}).get(key)) if use_keyword else None
+        bm = _clip((bm25_share or {}).get(key)) if use_keyword else None
+        p = model_of(key).probability(ds, ks, bm)
+        hits.append((position, FusedHit(key, p, p, ds, ks, d_rank, k_rank)))
+    hits.sort(key=lambda ph: (-ph[1].score, ph[0]))
+    return [h for _, h in hits]

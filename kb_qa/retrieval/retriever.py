@@ -38,7 +38,8 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from kb_qa.retrieval.dense import cosines, dense_candidates
-from kb_qa.retrieval.fusion import FusedHit, fuse
+from kb_qa.retrieval.calibration import calibration_for
+from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
 from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
 from kb_qa.schema import Source
 
@@ -115,7 +116,7 @@ class Retriever:
             dense_list = sorted(merged, key=lambda p: -p[1])[:n]
             timings["dense"] = _ms(t)
         stats: dict[str, TermStats] = {}
-        pool = 0
+        bm25_share: dict = {}
         if use_keyword:
             t = time.perf_counter()
             terms = query_terms(query)
@@ -123,13 +124,11 @@ class Retriever:
             for name, kb in kbs_open.items():
                 stats[name] = st = TermStats(kb, terms)
                 found = keyword_candidates(kb, query, n, allowed.get(name) if allowed else None)
-                pool += st.n_docs if allowed is None else len(allowed[name])
-                if len(kbs_open) > 1:  # BM25 of different KBs has different IDFs: compare shares of each KB's bound
-                    upper = st.bm25_upper() or 1.0
-                    found = [(cid, s_ / upper) for cid, s_ in found]
-                merged += [((name, cid), s_) for cid, s_ in found]
+                upper = st.bm25_upper() or 1.0  # BM25 of different KBs has different IDFs: compare shares
+                for cid, raw in found:
+                    bm25_share[(name, cid)] = min(1.0, raw / upper)
+                merged += [((name, cid), raw / upper) for cid, raw in found]
             keyword_list = sorted(merged, key=lambda p: -p[1])[:n]
-            pool = min(n, pool)
             timings["keyword"] = _ms(t)
 
         # Exact similarities of every candidate on both sides, then fusion.
@@ -147,7 +146,9 @@ class Retriever:
             if use_keyword:
                 keyword_sim.update({(name, c): v for c, v in
                                     keyword_similarities(kb, query, ids, stats[name]).items()})
-        fused = fuse(dense_list, keyword_list, dense_sim, keyword_sim, keyword_pool=pool)
+        models = {name: self.calibration(kb, s.candidates) for name, kb in kbs_open.items()}
+        fused = fuse_calibrated(dense_list, keyword_list, dense_sim, keyword_sim, bm25_share,
+                                lambda key: models[key[0]])
         timings["fuse"] = _ms(t)
 
         reranker = self._reranker(s)
@@ -161,6 +162,10 @@ class Retriever:
         timings["select"] = _ms(t)
         timings["total"] = _ms(started)
         return SearchResult(query, sources, timings, len(keys))
+
+    def calibration(self, kb, candidates: int = 50):
+        """`kb`'s relevance model (measured once per KB content, stored in the KB; calibration.py)."""
+        return calibration_for(kb, self.app.embeddings, candidates)
 
     # -- reranking -----------------------------------------------------------------------------------------
     def _reranker(self, s):
@@ -184,13 +189,16 @@ class Retriever:
 # ----------------------------------------------------------------------------------------------------------
 def _select(fused: list[FusedHit], kbs_open, top_k: int, threshold: float,
             files: set[str] | None = None) -> list[Source]:
-    """Walk the ranking: drop chunks under the threshold and duplicate texts, merge neighbours, stop at top_k.
+    """Walk the ranking: nothing at all when the best chunk scores under the threshold (the question is
+    refused), else drop duplicate texts, merge neighbours, stop at top_k.
     A content stored under several paths is cited by its first path (in `files`, when filtering)."""
+    if not fused or fused[0].score < threshold:
+        return []
     groups: list[_Group] = []
     seen_text: set[str] = set()
     batch = max(3 * top_k, 30)
     for start in range(0, len(fused), batch):
-        part = [h for h in fused[start:start + batch] if h.score >= threshold]
+        part = fused[start:start + batch]
         records = _chunk_records(part, kbs_open)
         for hit in part:
             rec = records.get(hit.key)

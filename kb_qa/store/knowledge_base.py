@@ -258,6 +258,22 @@ class KnowledgeBase:
         found = self._query(records.document_frequencies, terms)
         return {t: int(found.get(t, 0)) for t in terms}
 
+    def get_meta(self, key: str) -> str | None:
+        """A value other components keep in the KB's meta table (e.g. the retrieval calibration)."""
+        return records.get_meta(self.conn, key)
+
+    def put_meta(self, key: str, value: str, *, lock_timeout_s: float = 10.0) -> None:
+        """Store one meta value in its own transaction, under the write lock; the index generation is unchanged
+        (so a value can record which generation it describes)."""
+        with self._write_lock(lock_timeout_s):
+            conn = records.connect(self._db)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                records.set_meta(conn, key, value)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+
     def check_embedding(self, model: str, dim: int | None = None) -> None:
         """Refuse to mix embedding models or dimensions in one index."""
         from kb_qa.store.writer import check_embedding

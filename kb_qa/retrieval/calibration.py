@@ -1,0 +1,394 @@
+"""How good is each retriever on *this* knowledge base? Measured without labels, from pseudo-questions drawn from
+the KB's own chunks, and turned into the relevance model that fusion ranks with and refusal thresholds on.
+
+Pseudo-questions (the inverse cloze task, Lee et al. 2019): one sentence is taken out of a sampled chunk and asked
+as a question; the relevant passage is the *rest* of that chunk. Taking the sentence out matters: a sentence asked
+against the chunk that still contains it is found by copied words, and would teach fusion to trust keyword
+matching more than real questions deserve. Every other chunk of the same document is left out of the candidates
+(the splitter's overlap can repeat the sentence there), so no near-copy is counted as a wrong answer.
+
+For each pseudo-question the real candidate lists are taken (dense top-N from the FAISS index, keyword top-N from
+FTS5) and every candidate is described by three similarities that exist for any KB and any embedding model:
+
+    dense    max(0, cosine) of question and chunk                                        (dense.py)
+    share    IDF-weighted share of the question's terms found in the chunk                (keyword.py)
+    bm25     BM25 of the chunk / the largest BM25 the question could reach in this KB     (keyword.py)
+
+A logistic regression on these (label: "this is the passage the question came from") gives
+
+    P(relevant | candidate) = sigmoid(b + w_dense * dense + w_share * share + w_bm25 * bm25)
+
+fitted per KB: a retriever that cannot tell its candidates apart here (an English embedding model on Chinese text)
+gets a weight near 0 by itself, and one that can gets what it earns. The probability is the fused ranking value,
+the score a `Source` shows, and what `retrieval.score_threshold` is compared with, so sources are listed in the
+order of their score and the threshold means the same thing for every embedding model: "estimated probability
+that this passage is the one the question is about". The fit is ridge-regularised towards a prior (PRIOR) so a
+KB too small to calibrate still gets a sensible model; weights are never negative (a higher similarity never
+lowers relevance).
+
+Measured reliability (hit@1, hit@5, MRR@10 on the pseudo-questions, per retriever and fused; fused figures are
+2-fold cross-validated) is stored with the model in the KB's meta and shown by `kb show` and `kb_qa.eval`.
+
+Deliberately not here: reading or writing the store (the `calibrate` caller passes a KB), the query-time fusion
+(fusion.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # bump when pseudo-questions or features change: stored calibrations of another version are redone
+META_KEY = "retrieval_calibration"
+MAX_QUESTIONS = 120  # pseudo-questions per KB (2 embeddings each: seconds with a small model on an idle CPU)
+FEATURES = ("dense", "share", "bm25")
+# Prior model (used as the ridge centre): a hedge between the two sides for a KB too small to measure.
+PRIOR = {"bias": -6.0, "dense": 3.0, "share": 3.0, "bm25": 3.0}
+RIDGE = 2.0  # strength of the pull towards PRIOR, in pseudo-question units (so it fades as samples grow)
+
+_SENTENCE = re.compile(r"[^。！？!?；;\n]+(?:[。！？!?；;]+|$)|[^\n]+")
+_EN_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+@dataclass
+class PartReliability:
+    hit1: float = 0.0
+    hit5: float = 0.0
+    mrr10: float = 0.0
+
+
+@dataclass
+class Calibration:
+    """A KB's relevance model and the reliability it measured. `weights` keys: bias + FEATURES."""
+
+    weights: dict[str, float]
+    questions: int = 0  # pseudo-questions used (0 = the prior alone)
+    dense: PartReliability = field(default_factory=PartReliability)
+    keyword: PartReliability = field(default_factory=PartReliability)
+    fused: PartReliability = field(default_factory=PartReliability)
+    generation: int = -1  # index generation it was measured on
+    version: int = VERSION
+    seconds: float = 0.0
+    # one-retriever models, for when a side is switched off
+    dense_only: dict[str, float] = field(default_factory=dict)
+    keyword_only: dict[str, float] = field(default_factory=dict)
+
+    def probability(self, dense: float | None, share: float | None, bm25: float | None) -> float:
+        """P(relevant) of one candidate; None = that retriever is switched off (its one-side model is used)."""
+        if dense is None and (share is None and bm25 is None):
+            return 0.0
+        if dense is None:
+            w = self.keyword_only or self.weights
+        elif share is None and bm25 is None:
+            w = self.dense_only or self.weights
+        else:
+            w = self.weights
+        z = w.get("bias", 0.0) + w.get("dense", 0.0) * (dense or 0.0) + w.get("share", 0.0) * (share or 0.0) \
+            + w.get("bm25", 0.0) * (bm25 or 0.0)
+        return _sigmoid(z)
+
+    def summary(self) -> str:
+        """One line for `kb show` / eval output."""
+        if not self.questions:
+            return "not measured (prior weights)"
+        return (f"{self.questions} pseudo-questions: dense hit@1 {self.dense.hit1:.2f} / MRR {self.dense.mrr10:.2f}, "
+                f"keyword hit@1 {self.keyword.hit1:.2f} / MRR {self.keyword.mrr10:.2f}, fused hit@1 "
+                f"{self.fused.hit1:.2f} / MRR {self.fused.mrr10:.2f}; weights dense {self.weights['dense']:.2f}, "
+                f"share {self.weights['share']:.2f}, bm25 {self.weights['bm25']:.2f}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Calibration | None:
+        if not text:
+            return None
+        try:
+            raw = json.loads(text)
+            if raw.get("version") != VERSION:
+                return None
+            for part in ("dense", "keyword", "fused"):
+                raw[part] = PartReliability(**raw.get(part, {}))
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError):
+            return None  # unreadable or from another layout: measured again
+
+
+def prior() -> Calibration:
+    return Calibration(weights=dict(PRIOR), dense_only=_sub(PRIOR, ("dense",)),
+                       keyword_only=_sub(PRIOR, ("share", "bm25")))
+
+
+def _sub(weights: dict[str, float], keep: Sequence[str]) -> dict[str, float]:
+    return {k: (v if k == "bias" or k in keep else 0.0) for k, v in weights.items()}
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+# -- pseudo-questions ----------------------------------------------------------------------------------------
+def sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) spans of the sentences of `text` (Chinese and Western end punctuation, line breaks)."""
+    spans = []
+    for m in _SENTENCE.finditer(text):
+        start = m.start()
+        for part in _EN_SPLIT.split(m.group()):
+            idx = text.find(part, start)
+            if idx < 0:
+                continue
+            if part.strip():
+                spans.append((idx, idx + len(part)))
+            start = idx + len(part)
+    return spans
+
+
+def pseudo_question(text: str, seed: int, terms_of) -> tuple[str, str] | None:
+    """(question, rest of the chunk) from `text`, or None when the chunk has no usable sentence: the sentence
+    must carry >= 4 terms and leave >= 40% of the chunk behind. `seed` picks among the usable ones."""
+    spans = sentences(text)
+    if len(spans) < 2:
+        return None
+    usable = []
+    for start, end in spans:
+        sentence = text[start:end].strip()
+        if len(terms_of(sentence)) >= 4 and (len(text) - (end - start)) >= 0.4 * len(text):
+            usable.append((start, end))
+    if not usable:
+        return None
+    start, end = usable[seed % len(usable)]
+    rest = (text[:start] + text[end:]).strip()
+    return text[start:end].strip(), rest
+
+
+# -- fitting --------------------------------------------------------------------------------------------------
+def fit_logistic(x: np.ndarray, y: np.ndarray, prior_w: np.ndarray, ridge: float, groups: int,
+                 free: np.ndarray | None = None) -> np.ndarray:
+    """Ridge logistic regression towards `prior_w` by Newton steps; weights of the features (not the bias) kept
+    >= 0. `groups`: pseudo-questions behind the rows (the ridge is per question, so it fades with more data).
+    `free`: mask of the columns fitted (others stay at the prior)."""
+    n, d = x.shape
+    w = prior_w.astype(np.float64).copy()
+    free = np.ones(d, dtype=bool) if free is None else free
+    # per-question scale (rows ~ questions x candidates), never under 1 so a handful of questions cannot run away
+    lam = max(1.0, ridge * n / max(groups, 1) ** 2) * np.ones(d)
+    for _ in range(50):
+        z = x @ w
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        grad = x.T @ (p - y) + lam * (w - prior_w)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(lam) + 1e-9 * np.eye(d)
+        step = np.zeros(d)
+        idx = np.where(free)[0]
+        step[idx] = np.linalg.solve(hess[np.ix_(idx, idx)], grad[idx])
+        step = np.clip(step, -5.0, 5.0)  # damped Newton: no overshoot on nearly separable data
+        w_new = w - step
+        w_new[1:] = np.maximum(w_new[1:], 0.0)
+        if np.max(np.abs(w_new - w)) < 1e-6:
+            w = w_new
+            break
+        w = w_new
+    return w
+
+
+@dataclass
+class _Question:
+    rows: np.ndarray  # candidates x (1 + FEATURES)
+    target: int  # row of the relevant passage
+    dense_rank: int | None  # 1-based rank of the relevant passage by each retriever alone (None = not listed)
+    keyword_rank: int | None
+
+
+def _reliability(ranks: Sequence[int | None]) -> PartReliability:
+    n = max(len(ranks), 1)
+    hit1 = sum(1 for r in ranks if r is not None and r <= 1) / n
+    hit5 = sum(1 for r in ranks if r is not None and r <= 5) / n
+    mrr = sum(1.0 / r for r in ranks if r is not None and r <= 10) / n
+    return PartReliability(round(hit1, 4), round(hit5, 4), round(mrr, 4))
+
+
+def _rank_of_target(q: _Question, w: np.ndarray) -> int:
+    z = q.rows @ w
+    return int(np.sum(z > z[q.target])) + 1
+
+
+def fit(questions: Sequence[_Question]) -> Calibration:
+    """The KB's model from its pseudo-questions (the prior alone when there are none)."""
+    if not questions:
+        return prior()
+    names = ("bias",) + FEATURES
+    prior_w = np.array([PRIOR[k] for k in names])
+    x = np.vstack([q.rows for q in questions])
+    y = np.concatenate([np.eye(len(q.rows))[q.target] for q in questions])
+    g = len(questions)
+    w = fit_logistic(x, y, prior_w, RIDGE, g)
+    dense_w = fit_logistic(x, y, _masked(prior_w, (0, 1)), RIDGE, g, free=_mask(4, (0, 1)))
+    keyword_w = fit_logistic(x, y, _masked(prior_w, (0, 2, 3)), RIDGE, g, free=_mask(4, (0, 2, 3)))
+    # Fused reliability, 2-fold cross-validated: each half is ranked by the model fitted on the other half.
+    ranks: list[int] = []
+    halves = (questions[0::2], questions[1::2])
+    for train, test in ((halves[0], halves[1]), (halves[1], halves[0])):
+        if not train or not test:
+            continue
+        xt = np.vstack([q.rows for q in train])
+        yt = np.concatenate([np.eye(len(q.rows))[q.target] for q in train])
+        wt = fit_logistic(xt, yt, prior_w, RIDGE, len(train))
+        ranks += [_rank_of_target(q, wt) for q in test]
+    return Calibration(
+        weights=dict(zip(names, map(float, w))), questions=g,
+        dense=_reliability([q.dense_rank for q in questions]),
+        keyword=_reliability([q.keyword_rank for q in questions]),
+        fused=_reliability(ranks or [_rank_of_target(q, w) for q in questions]),
+        dense_only=dict(zip(names, map(float, dense_w))), keyword_only=dict(zip(names, map(float, keyword_w))),
+    )
+
+
+def _mask(d: int, keep: Sequence[int]) -> np.ndarray:
+    m = np.zeros(d, dtype=bool)
+    m[list(keep)] = True
+    return m
+
+
+def _masked(w: np.ndarray, keep: Sequence[int]) -> np.ndarray:
+    out = np.zeros_like(w)
+    out[list(keep)] = w[list(keep)]
+    return out
+
+
+# -- measuring a KB -------------------------------------------------------------------------------------------
+def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUESTIONS) -> Calibration:
+    """Draw pseudo-questions from `kb`'s chunks, collect the real candidates of each, fit the model."""
+    from kb_qa.retrieval.dense import cosines, dense_candidates, dense_score
+    from kb_qa.retrieval.keyword import (TermStats, keyword_candidates, keyword_similarities, keyword_similarity,
+                                         query_terms)
+    from kb_qa.retrieval.terms import search_terms
+
+    started = time.perf_counter()
+    generation = kb.info().generation
+    ids = _chunk_ids(kb)
+    if len(ids) < 3:
+        cal = prior()
+        cal.generation = generation
+        return cal
+    step = max(1, len(ids) // (max_questions * 2))  # look at twice as many chunks: some have no usable sentence
+    picked = ids[::step][: max_questions * 2]
+    recs = kb.get_chunks(picked)
+    drawn: list[tuple[int, str, str, str]] = []  # (chunk id, sha, question, rest)
+    for cid in picked:
+        rec = recs.get(cid)
+        if rec is None:
+            continue
+        pq = pseudo_question(rec.text, cid, query_terms)
+        if pq is not None:
+            drawn.append((cid, rec.sha256, pq[0], pq[1]))
+        if len(drawn) >= max_questions:
+            break
+    if not drawn:
+        cal = prior()
+        cal.generation = generation
+        return cal
+    vectors = embeddings.encode_queries([q for _, _, q, _ in drawn])
+    rest_vectors = embeddings.encode([r for _, _, _, r in drawn])
+    sha_of = {cid: rec.sha256 for cid, rec in recs.items()}
+    # BM25's average chunk length, estimated on the sampled chunks (in terms, as the FTS5 index counts them)
+    avgdl = max(1.0, float(np.mean([len(search_terms(rec.text)) for rec in recs.values()])))
+    questions: list[_Question] = []
+    for (cid, sha, question, rest), qvec, rvec in zip(drawn, vectors, rest_vectors):
+        dense = dense_candidates(kb, qvec, candidates)
+        stats = TermStats(kb, query_terms(question))
+        keyword = keyword_candidates(kb, question, candidates)
+        unknown = list({c for c, _ in dense + keyword if c not in sha_of})
+        sha_of.update({c: r.sha256 for c, r in kb.get_chunks(unknown).items()} if unknown else {})
+        dense = [(c, s) for c, s in dense if sha_of.get(c) != sha]  # the source document is never a negative
+        keyword = [(c, s) for c, s in keyword if sha_of.get(c) != sha]
+        upper = stats.bm25_upper() or 1.0
+        pool = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in keyword]))
+        dsim = cosines(kb, qvec, pool)
+        ksim = keyword_similarities(kb, question, pool, stats)
+        bm = {c: s / upper for c, s in keyword}
+        rows = [[1.0, dense_score(dsim.get(c, 0.0)), ksim.get(c, 0.0), min(1.0, bm.get(c, 0.0))] for c in pool]
+        rest_terms = search_terms(rest)
+        t_dense = dense_score(float(np.dot(np.asarray(qvec, dtype=np.float32), np.asarray(rvec, dtype=np.float32))))
+        t_share = keyword_similarity(stats.idf, set(rest_terms))
+        t_bm25 = min(1.0, bm25(stats, rest_terms, avgdl) / upper)
+        rows.append([1.0, t_dense, t_share, t_bm25])
+        target = len(rows) - 1
+        d_rank = 1 + sum(1 for _, s in dense if dense_score(s) > t_dense)
+        k_raw = t_bm25 * upper
+        k_rank = (1 + sum(1 for _, s in keyword if s > k_raw)) if t_bm25 > 0 else None
+        questions.append(_Question(np.asarray(rows, dtype=np.float64), target,
+                                   d_rank if d_rank <= candidates else None, k_rank))
+    cal = fit(questions)
+    cal.generation = generation
+    cal.seconds = round(time.perf_counter() - started, 2)
+    return cal
+
+
+def _chunk_ids(kb) -> list[int]:
+    """Every chunk id of the KB, ascending."""
+    return [int(r[0]) for r in kb.conn.execute("SELECT id FROM chunks ORDER BY id")]
+
+
+def bm25(stats, doc_terms: Sequence[str], avgdl: float, k1: float = 1.2, b: float = 0.75) -> float:
+    """FTS5's bm25() of one chunk given as its term list (the question's terms and IDFs from `stats`):
+    sum_t idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b |D| / avgdl)), idf = ln((N - n_t + 0.5) / (n_t + 0.5))
+    floored at 1e-6 as FTS5 does."""
+    counts: dict[str, int] = {}
+    for t in doc_terms:
+        counts[t] = counts.get(t, 0) + 1
+    length = max(1, len(doc_terms))
+    total = 0.0
+    for t, d in stats.df.items():
+        tf = counts.get(t, 0)
+        if not tf:
+            continue
+        idf = max(math.log((stats.n_docs - d + 0.5) / (d + 0.5)), 1e-6) if stats.n_docs else 1e-6
+        total += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl))
+    return total
+
+
+# -- the stored calibration -------------------------------------------------------------------------------------
+_cache: dict[tuple[str, int], Calibration] = {}
+_cache_lock = threading.Lock()
+
+
+def stored(kb) -> Calibration | None:
+    """The calibration stored in `kb` for its current index generation, if any (nothing is computed)."""
+    cal = Calibration.from_json(kb.get_meta(META_KEY))
+    if cal is None or cal.generation != kb.info().generation:
+        return None
+    return cal
+
+
+def calibration_for(kb, embeddings, candidates: int = 50, *, save: bool = True) -> Calibration:
+    """`kb`'s calibration for its current contents: from memory, else the KB's meta, else measured now (and
+    stored, when the KB is not busy: a reader never waits for a writer)."""
+    key = (str(kb.path), kb.info().generation)
+    cal = _cache.get(key)
+    if cal is not None:
+        return cal
+    with _cache_lock:
+        cal = _cache.get(key)
+        if cal is None:
+            cal = stored(kb)
+            if cal is None:
+                cal = calibrate(kb, embeddings, candidates)
+                if save and cal.generation == key[1]:
+                    try:
+                        kb.put_meta(META_KEY, cal.to_json(), lock_timeout_s=0.5)
+                    except Exception as exc:  # noqa: BLE001 - busy or read-only: measured again next process
+                        log.info("calibration of %s not stored: %s", kb.name, exc)
+            _cache[key] = cal
+    return cal

@@ -1,0 +1,67 @@
+"""The per-KB calibration: pseudo-questions, the fit, the stored model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kb_qa.retrieval.calibration import (META_KEY, Calibration, _Question, calibration_for, fit, prior,
+                                         pseudo_question, sentences)
+from kb_qa.retrieval.fusion import fuse_calibrated
+from kb_qa.retrieval.terms import search_terms
+
+
+def test_pseudo_question_takes_a_sentence_out():
+    text = "龙井茶产于浙江杭州西湖一带。它是中国十大名茶之一，以色绿香郁著称。每年清明前采摘的明前茶最为名贵。"
+    assert len(sentences(text)) == 3
+    q, rest = pseudo_question(text, 1, search_terms)
+    assert q in text and q not in rest and len(rest) >= 0.4 * len(text)
+    assert pseudo_question("一句话而已。", 0, search_terms) is None
+
+
+def _questions(rng, n, useful, noise):
+    """n questions of 30 candidates; the relevant one is high on the `useful` feature, `noise` is random."""
+    out = []
+    for _ in range(n):
+        rows = np.ones((30, 4))
+        rows[:, 1:] = rng.uniform(0, 0.5, size=(30, 3))
+        target = int(rng.integers(30))
+        rows[target, useful] += 0.4
+        out.append(_Question(rows, target, None, 1))
+    return out
+
+
+def test_fit_trusts_only_the_feature_that_discriminates():
+    rng = np.random.default_rng(0)
+    cal = fit(_questions(rng, 150, useful=3, noise=1))  # bm25 finds it, dense and share are noise
+    assert cal.weights["bm25"] > 4 * max(cal.weights["dense"], 0.1)
+    assert cal.fused.hit1 > 0.7 and cal.questions == 150
+    assert all(v >= 0 for k, v in cal.weights.items() if k != "bias")
+    assert cal.probability(0.2, 0.2, 0.9) > cal.probability(0.2, 0.2, 0.1)
+    again = Calibration.from_json(cal.to_json())
+    assert again.weights == cal.weights and again.fused == cal.fused
+    assert Calibration.from_json("not json") is None
+
+
+def test_fused_list_is_in_score_order():
+    cal = prior()
+    hits = fuse_calibrated([("a", 0.9), ("b", 0.5)], [("b", 10.0), ("c", 3.0)], {"a": 0.9, "b": 0.5, "c": 0.1},
+                           {"a": 0.0, "b": 1.0, "c": 0.5}, {"b": 1.0, "c": 0.3}, lambda key: cal)
+    assert [h.key for h in hits][0] == "b"
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    only = fuse_calibrated(None, [("c", 3.0)], None, {"c": 0.5}, {"c": 0.3}, lambda key: cal)
+    assert only[0].dense_score is None and 0 < only[0].score < 1
+
+
+def test_calibration_is_measured_once_and_stored(app, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, topic in enumerate(["火车", "茶叶", "长城", "熊猫", "电脑", "黄河"]):
+        (docs / f"d{i}.txt").write_text(
+            f"{topic}是本文的主题。关于{topic}的第一个事实是它很有名，许多人研究{topic}的历史。"
+            f"第二个事实是{topic}与第{i}号文件有关，内容包括编号{i}{i}{i}。最后{topic}的介绍到此为止。", encoding="utf-8")
+    assert not app.ingest("cal", [docs]).failed
+    kb = app.kb("cal")
+    cal = calibration_for(kb, app.embeddings, 20)
+    assert cal.questions >= 3 and cal.generation == kb.info().generation
+    stored = Calibration.from_json(kb.get_meta(META_KEY))
+    assert stored is not None and stored.weights == cal.weights
