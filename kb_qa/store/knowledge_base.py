@@ -260,7 +260,11 @@ class KnowledgeBase:
 
     def get_meta(self, key: str) -> str | None:
         """A value other components keep in the KB's meta table (e.g. the retrieval calibration)."""
-        return records.get_meta(self.conn, key)
+        return self._query(records.get_meta, key)
+
+    def chunk_ids(self) -> list[int]:
+        """Every chunk id of the committed version, ascending."""
+        return self._query(records.chunk_ids)
 
     def put_meta(self, key: str, value: str, *, lock_timeout_s: float = 10.0) -> None:
         """Store one meta value in its own transaction, under the write lock; the index generation is unchanged

@@ -226,6 +226,10 @@ def get_chunks(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, ChunkR
     return out
 
 
+def chunk_ids(conn: sqlite3.Connection) -> list[int]:
+    return [int(r[0]) for r in conn.execute("SELECT id FROM chunks ORDER BY id")]
+
+
 def chunk_ids_for_sources(conn: sqlite3.Connection, sources: Iterable[str]) -> set[int]:
     ids: set[int] = set()
     for source in sources:
