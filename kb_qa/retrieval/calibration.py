@@ -273,7 +273,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
     from kb_qa.retrieval.dense import cosines, dense_candidates, dense_score
     from kb_qa.retrieval.keyword import (TermStats, keyword_candidates, keyword_similarities, keyword_similarity,
                                          query_terms)
-    from kb_qa.retrieval.terms import search_terms
+    from kb_qa.store.terms import search_terms
 
     started = time.perf_counter()
     generation = kb.info().generation
@@ -338,7 +338,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
 
 def _chunk_ids(kb) -> list[int]:
     """Every chunk id of the KB, ascending."""
-    return [int(r[0]) for r in kb.conn.execute("SELECT id FROM chunks ORDER BY id")]
+    return kb.chunk_ids()
 
 
 def bm25(stats, doc_terms: Sequence[str], avgdl: float, k1: float = 1.2, b: float = 0.75) -> float:
