@@ -1,12 +1,16 @@
 """The web page: chat with your knowledge bases, upload and manage documents.   Run: streamlit run webui.py
 
 Calls kb_qa in-process (kb_qa.app.App) and holds no business logic: uploads, ingestion, retrieval and answering
-all live in kb_qa; this file lays them out. One App (and so one embedding model and one LLM) per process, shared
-by every browser session through st.cache_resource; each session keeps its own conversation in st.session_state.
+all live in kb_qa; this file lays them out. One App (and so one embedding model and one LLM), one ingestion
+worker (kb_qa.jobs) and one conversation store (kb_qa.conversations) per process, shared by every browser session
+through st.cache_resource. Uploads and rebuilds run in that worker, so clicks, reruns, reloads and other tabs never
+cut them off; the page only shows their progress. Conversations, ratings and settings are JSON files under
+<paths.vector_store_root>/.webui/, keyed by a random key kept in the URL (`?u=...&c=...`) or by a typed name.
 
-Untrusted text (document passages, file names, model output) is always shown through
-kb_qa.webui_support.md_literal / literal_stream or st.text, never as raw HTML (no unsafe_allow_html anywhere), so
-nothing in a document can run script or make the browser fetch a remote image.
+Untrusted text (document passages, file names, model output) is shown through kb_qa.webui_support.md_literal
+(escaped verbatim), kb_qa.webui_markdown.safe_markdown (model Markdown, re-emitted from a filtered parse) or
+st.text, never as raw HTML (no unsafe_allow_html anywhere), so nothing in a document or an answer can run script
+or make the browser fetch anything. .streamlit/config.toml turns usage statistics off.
 
 Settings: configs/default.yaml and KB_QA_* environment variables (see kb_qa/settings.py), e.g.
     KB_QA_LLM__MODEL_PATH=/models/chatglm2-6b streamlit run webui.py
@@ -16,35 +20,44 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 
 import streamlit as st
 
+from kb_qa.conversations import Conversation, ConversationStore, SourceRecord, Turn, eval_bench_zip, new_id
+from kb_qa.jobs import error_text, is_expected, runner_for
+from kb_qa.webui_markdown import safe_markdown
 from kb_qa.webui_support import (
-    MODE_NOTES,
-    Turn,
     conversation_markdown,
     document_rows,
     friendly_error,
+    highlight_terms,
     history_pairs,
-    literal_stream,
     md_literal,
     outcome_counts,
     outcome_rows,
     outside_folder,
     plural,
     source_title,
+    unindexed_files,
 )
+from kb_qa.webui_text import LANGUAGES, answer_note, question_language, translate
 
 log = logging.getLogger("kb_qa.webui")
 
 st.set_page_config(page_title="kb_qa · knowledge-base QA", layout="wide")  # no page_icon: a material/emoji
 # favicon is fetched from a CDN (fonts.gstatic.com); the page makes no request beyond its own server
+SETTING_KEYS = ("lang", "top_k", "score_threshold", "hybrid", "temperature", "max_new_tokens", "history_rounds")
+POLL_S = 0.5  # how often the progress of a running upload / rebuild is redrawn
+
+
+def T(text: str, **fields) -> str:  # noqa: N802 - the page's one-letter translation call
+    out = translate(text, st.session_state.get("lang", "en"))
+    return out.format(**fields) if fields else out
 
 
 # ======================================================================================================
-# Shared, process-wide resources (loaded once, used by every browser session)
+# Shared, process-wide resources (made once, used by every browser session)
 # ======================================================================================================
 @st.cache_resource(show_spinner="Reading settings…")
 def shared_app():
@@ -55,51 +68,34 @@ def shared_app():
 
 
 @st.cache_resource
-def generation_lock() -> threading.Lock:
-    """One generation at a time per process: the LLM (and its GPU memory) is shared by all sessions."""
-    return threading.Lock()
+def shared_jobs():
+    """The ingestion worker of the shared App (one per process; no script run owns it)."""
+    return runner_for(shared_app())
 
 
-# ------------------------------------------------------------------------------------------------------
-# The one place that touches the language model and the answering chain.
-# ------------------------------------------------------------------------------------------------------
-@st.cache_resource(show_spinner="Loading the language model (once per process)…")
-def shared_llm():
-    """(handle, description, None) when a model is loaded; (None, why answers are retrieval-only, error or None)
-    otherwise. A failed load is cached too (a 6B model must not be retried on every click): see 'Retry'."""
-    from kb_qa.llm.factory import resolve_llm
-
-    try:
-        handle, text = resolve_llm(shared_app().settings.llm)
-    except Exception as exc:  # e.g. out of memory, an unsupported checkpoint: say why, answer retrieval-only
-        log.exception("loading the language model failed")
-        _free_gpu_memory(exc)
-        return None, f"retrieval-only: the model failed to load: {friendly_error(exc)}", exc
-    return handle, text, None
-
-
-def answer_stream(kbs: list[str], question: str, history: list[tuple[str, str]], overrides: dict, result: dict):
-    """Yield the answer's text pieces (also kept in result['pieces']); the final kb_qa.schema.Answer goes to
-    result['answer']. Closing this generator closes the chain's, which ends the generation."""
-    from kb_qa.qa.chain import stream_answer
-    from kb_qa.schema import Answer
-
-    for item in stream_answer(shared_app(), question, kbs=kbs, history=history, llm=shared_llm()[0],
-                              overrides=overrides):
-        if isinstance(item, Answer):
-            result["answer"] = item
-        elif item:
-            result["pieces"].append(item)
-            yield item
+@st.cache_resource
+def shared_store() -> ConversationStore:
+    return ConversationStore(shared_app().store_root / ".webui")
 
 
 # ======================================================================================================
-# Session state
+# Session state: who is asking (owner), which conversation, settings
 # ======================================================================================================
-def init_session(app) -> None:
-    ss = st.session_state
-    ss.setdefault("turns", [])
-    ss.setdefault("report", None)  # (kb, [FileOutcome], seconds) of the last upload / rebuild, shown until replaced
+def init_session(app, store: ConversationStore) -> None:
+    ss, params = st.session_state, st.query_params
+    if "owner" not in ss:
+        ss.owner = params.get("u") or new_id()
+        saved = store.load_settings(ss.owner)
+        for key in SETTING_KEYS:
+            if key in saved:
+                ss[key] = saved[key]
+        ss.saved_settings = {k: saved.get(k) for k in SETTING_KEYS}
+        conversation = store.load(ss.owner, params.get("c", ""))
+        ss.conversation = conversation or Conversation()
+    if params.get("u") != ss.owner or (ss.conversation.turns and params.get("c") != ss.conversation.id):
+        params["u"] = ss.owner
+        if ss.conversation.turns:
+            params["c"] = ss.conversation.id
     names = app.kb_names()
     default = [app.settings.default_kb] if app.settings.default_kb in names else names[:1]
     ss.setdefault("ask_kbs", default)
@@ -107,12 +103,27 @@ def init_session(app) -> None:
     if ss.get("manage_kb") not in names:
         ss["manage_kb"] = (ss["ask_kbs"] or names or [None])[0]
     s = app.settings
+    ss.setdefault("lang", "en")
     ss.setdefault("top_k", s.retrieval.top_k)
     ss.setdefault("score_threshold", float(s.retrieval.score_threshold))
     ss.setdefault("hybrid", bool(s.retrieval.dense and s.retrieval.keyword))
     ss.setdefault("temperature", float(s.llm.temperature))
     ss.setdefault("max_new_tokens", int(s.llm.max_new_tokens))
     ss.setdefault("history_rounds", int(s.qa.history_rounds))
+
+
+def save_settings(store: ConversationStore) -> None:
+    ss = st.session_state
+    values = {k: ss.get(k) for k in SETTING_KEYS}
+    if values != ss.get("saved_settings"):
+        store.save_settings(ss.owner, values)
+        ss.saved_settings = values
+
+
+def save_conversation(store: ConversationStore) -> None:
+    ss = st.session_state
+    if ss.conversation.turns:
+        store.save(ss.owner, ss.conversation)
 
 
 def request_overrides() -> dict:
@@ -130,62 +141,118 @@ def request_overrides() -> dict:
 
 
 def show_error(exc: BaseException, what: str) -> None:
-    log.warning("%s failed: %r", what, exc, exc_info=not _expected(exc))
+    log.warning("%s failed: %r", what, exc, exc_info=not is_expected(exc))
     st.error(md_literal(f"{what} failed: {friendly_error(exc)}"), icon=":material/error:")
 
 
-def _expected(exc: BaseException) -> bool:
-    return type(exc).__name__ in {"KnowledgeBaseBusy", "InvalidName", "UploadRejected", "KnowledgeBaseNotFound",
-                                  "EmbeddingMismatch", "KnowledgeBaseError"}
-
-
 # ======================================================================================================
-# Sidebar: which knowledge bases to ask, answer settings, model state
+# Sidebar: language, conversations, which knowledge bases to ask, answer settings, model state
 # ======================================================================================================
-def sidebar(app):
+def sidebar(app, store: ConversationStore):
     """The sidebar's widgets (drawn first, so they exist in every run however early it is interrupted); returns the
     box that model_state() fills at the end of the run (it may wait for the language model to load)."""
+    ss = st.session_state
     with st.sidebar:
         st.title(":material/menu_book: kb_qa")
-        st.caption("Ask questions about your own documents.")
+        st.caption(T("Ask questions about your own documents."))
+        st.segmented_control(T("Interface language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang",
+                             required=True)
         names = app.kb_names()
-        st.multiselect("Knowledge bases to ask", names, key="ask_kbs",
-                       placeholder="Choose one or several" if names else "Create one first",
-                       help="Answers search every selected knowledge base.")
+        st.multiselect(T("Knowledge bases to ask"), names, key="ask_kbs",
+                       placeholder=T("Choose one or several") if names else T("Create one first"),
+                       help=T("Answers search every selected knowledge base."))
 
-        st.subheader("Answer settings")
+        with st.expander(T("Conversations"), icon=":material/forum:", expanded=True):
+            st.button(T("New conversation"), icon=":material/add_comment:", on_click=new_conversation,
+                      width="stretch", key="new_conversation")
+            saved = store.list(ss.owner)
+            for conv in saved[:30]:
+                current = conv.id == ss.conversation.id
+                st.button(md_literal(conv.display_title() or "…"), key=f"conv_{conv.id}", width="stretch",
+                          type="primary" if current else "tertiary", on_click=open_conversation,
+                          args=(store, conv.id), disabled=current)
+            st.text_input(T("Your name (keeps your conversations on every browser)"), key="owner_name",
+                          on_change=set_owner, args=(store,), placeholder=ss.owner)
+
+        st.subheader(T("Answer settings"))
         s = app.settings  # ranges widen to take in whatever the settings file says
-        st.slider("Passages (top_k)", 1, max(20, s.retrieval.top_k), key="top_k",
+        st.slider(T("Passages (top_k)"), 1, max(20, s.retrieval.top_k), key="top_k",
                   help="Passages retrieved and given to the model.")
-        st.slider("Score threshold", 0.0, 1.0, step=0.05, key="score_threshold",
+        st.slider(T("Score threshold"), 0.0, 1.0, step=0.05, key="score_threshold",
                   help="Passages scoring below this (0 = worst, 1 = best match) are dropped; 0 keeps all.")
-        st.toggle("Hybrid search (vectors + keywords)", key="hybrid",
+        st.toggle(T("Hybrid search (vectors + keywords)"), key="hybrid",
                   help="Off: vector (embedding) search only. On: also BM25 keyword search, fused.")
-        st.slider("Temperature", 0.0, 2.0, step=0.05, key="temperature",
+        st.slider(T("Temperature"), 0.0, 2.0, step=0.05, key="temperature",
                   help="0 = always the most likely word; higher = more varied answers. (Language model only.)")
-        st.number_input("Max answer tokens", 16, max(s.llm.max_context_tokens // 2, s.llm.max_new_tokens), step=64,
-                        key="max_new_tokens", help="Longest answer, in tokens. (Language model only.)")
-        st.slider("History rounds", 0, max(10, s.qa.history_rounds), key="history_rounds",
+        st.number_input(T("Max answer tokens"), 16, max(s.llm.max_context_tokens // 2, s.llm.max_new_tokens),
+                        step=64, key="max_new_tokens", help="Longest answer, in tokens. (Language model only.)")
+        st.slider(T("History rounds"), 0, max(10, s.qa.history_rounds), key="history_rounds",
                   help="Earlier questions and answers the model sees (0 = each question on its own).")
 
-        st.subheader("Models")
+        feedback_downloads(store)
+        st.subheader(T("Models"))
         return st.container()
 
 
+def feedback_downloads(store: ConversationStore) -> None:
+    ratings = store.feedback()
+    if not ratings:
+        return
+    with st.expander(T("Feedback") + f" ({len(ratings)})", icon=":material/thumbs_up_down:"):
+        import json
+
+        st.download_button(T("Download ratings (.jsonl)"), on_click="ignore", width="stretch",
+                           data="".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ratings),
+                           file_name="kb_qa-feedback.jsonl", mime="application/jsonl")
+        st.download_button(T("Download 👍 as an evaluation set (.zip)"), data=eval_bench_zip(ratings),
+                           file_name="kb_qa-feedback-bench.zip", mime="application/zip", on_click="ignore",
+                           width="stretch", help="A BEIR folder for: python -m kb_qa.eval --bench DIR")
+
+
+def new_conversation() -> None:
+    st.session_state.conversation = Conversation()
+    st.query_params.pop("c", None)
+
+
+def open_conversation(store: ConversationStore, conversation_id: str) -> None:
+    conv = store.load(st.session_state.owner, conversation_id)
+    if conv is not None:
+        st.session_state.conversation = conv
+        st.query_params["c"] = conv.id
+
+
+def set_owner(store: ConversationStore) -> None:
+    from kb_qa.conversations import safe_owner
+
+    ss = st.session_state
+    name = (ss.get("owner_name") or "").strip()
+    if name:
+        ss.owner = safe_owner(name)
+        st.query_params["u"] = ss.owner
+        saved = store.list(ss.owner)
+        ss.conversation = saved[0] if saved else Conversation()
+
+
 def model_state(app, box) -> None:
-    _, llm_text, llm_error = shared_llm()
+    """The models' state, at the end of the run: the first run of the process waits here for the model to load
+    (App.llm loads once, never raises; a failed load says why and is retried only on request)."""
+    app.llm  # noqa: B018 - load it now, so the first question does not wait
+    status = app.llm_status()
     with box:
         st.caption(md_literal(f"Embeddings: {embedding_state(app)}"))
-        st.caption(md_literal(f"LLM: {llm_text}"))
-        if llm_error is not None:
-            st.button("Retry loading the model", on_click=shared_llm.clear)
+        if status.loaded:
+            st.caption(md_literal(f"LLM: {status.reason or status.name}"))
+        else:
+            st.caption(md_literal(f"LLM: retrieval-only: {status.reason or status.state}"))
+        if status.configured and not status.loaded:
+            st.button("Retry loading the model", on_click=app.reset_llm)
 
 
 def embedding_state(app) -> str:
-    if "embeddings" in vars(app):  # already loaded (App.embeddings is a cached property)
+    if app.embeddings_loaded:
         try:
             return app.embeddings.describe()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a description is not worth an error
             log.debug("describing the embedding model failed", exc_info=True)
     return f"{app.settings.embedding.model} (loads on first use)"
 
@@ -193,50 +260,83 @@ def embedding_state(app) -> str:
 # ======================================================================================================
 # Chat view
 # ======================================================================================================
-def chat_view(app) -> None:
+def chat_view(app, store: ConversationStore) -> None:
     ss = st.session_state
-    turns: list[Turn] = ss.turns
-    header = st.container()  # filled last, so Clear / Export already include an answer given in this run
+    turns: list[Turn] = ss.conversation.turns
     kbs = list(ss.ask_kbs)
+    # drawn first and the same in every run (an answer given in this run reruns the page), so nothing above the
+    # conversation goes stale or shifts while an answer streams
+    top = st.columns([6, 2, 2], vertical_alignment="center")
+    top[0].subheader(T("Chat"))
+    top[1].button(T("New conversation"), icon=":material/add_comment:", on_click=new_conversation,
+                  disabled=not turns, width="stretch", key="new_conversation_top")
+    top[2].download_button(T("Export (.md)"), icon=":material/download:",
+                           data=conversation_markdown(turns) if turns else "",
+                           file_name=time.strftime("kb_qa-conversation-%Y%m%d-%H%M.md"), mime="text/markdown",
+                           disabled=not turns, on_click="ignore", width="stretch")
+    st.caption(md_literal(T("Asking: {kbs}", kbs=", ".join(kbs))) if kbs else " ")
     if not kbs:
-        st.info("Choose a knowledge base to ask in the sidebar, or create one under **Knowledge bases**.")
-    elif not turns:
-        st.caption(md_literal("Asking: " + ", ".join(kbs)))
+        st.info(T("Choose a knowledge base to ask in the sidebar, or create one under **Knowledge bases**."))
 
-    for turn in turns:
-        render_turn(turn)
+    for n, turn in enumerate(turns):
+        render_turn(turn, n, last=n == len(turns) - 1, store=store)
 
-    question = st.chat_input("Ask a question about your documents…", disabled=not kbs, key="question")
+    question = st.chat_input(T("Ask a question about your documents…"), disabled=not kbs, key="question")
+    again = ss.pop("regenerate", None)
     if question and question.strip():
-        ask(question.strip(), kbs)
-
-    with header:
-        top = st.columns([6, 2, 2], vertical_alignment="center")
-        top[0].subheader("Chat")
-        top[1].button("Clear conversation", icon=":material/delete_sweep:", on_click=lambda: ss.update(turns=[]),
-                      disabled=not turns, width="stretch")
-        top[2].download_button("Export (.md)", icon=":material/download:",
-                               data=conversation_markdown(turns) if turns else "",
-                               file_name=time.strftime("kb_qa-conversation-%Y%m%d-%H%M.md"), mime="text/markdown",
-                               disabled=not turns, on_click="ignore", width="stretch")
+        ask(question.strip(), kbs, store)
+    elif again is not None and turns and turns[-1].id == again:
+        last = turns.pop()
+        ask(last.question, last.kbs or kbs, store)
 
 
-def render_turn(turn: Turn) -> None:
+
+def sources_anchor(n: int) -> str:
+    """The id of turn n's sources heading: Streamlit slugs heading text, and 'Sources n' slugs to 'sources-n'."""
+    return f"sources-{n + 1}"
+
+
+def answer_markdown(turn: Turn, n: int) -> str:
+    """What the answer bubble shows: the model's Markdown (safely), or for retrieval-only / no-answer turns the
+    note in the question's language (the passages themselves are the sources below: not repeated)."""
+    lang = question_language(turn.question)
+    if turn.mode in ("retrieval-only", "no-answer"):
+        return md_literal(answer_note(turn.mode, lang))
+    return safe_markdown(turn.answer, n_sources=len(turn.sources), anchor=sources_anchor(n))
+
+
+def render_turn(turn: Turn, n: int, *, last: bool = False, store: ConversationStore | None = None) -> None:
     with st.chat_message("user"):
         st.markdown(md_literal(turn.question))
     with st.chat_message("assistant"):
-        if turn.answer:
-            st.markdown(md_literal(turn.answer))
-        if turn.error:
-            st.error(md_literal(turn.error), icon=":material/error:")
-        render_sources(turn)
+        if turn.answer or turn.mode in ("retrieval-only", "no-answer"):
+            st.markdown(answer_markdown(turn, n))
+        render_notes(turn)
+        render_sources(turn, n)
+        if store is not None and (turn.answer or turn.sources):
+            answer_actions(turn, n, last=last, store=store)
 
 
-def render_sources(turn: Turn) -> None:
-    note = MODE_NOTES.get(turn.mode, "")
-    meta = " · ".join(x for x in [note, ", ".join(turn.kbs), f"{turn.seconds:.1f} s" if turn.seconds else ""] if x)
-    if meta:
-        st.caption(md_literal(meta))
+def render_notes(turn: Turn) -> None:
+    lang = question_language(turn.question)
+    if turn.error:
+        st.error(md_literal(turn.error), icon=":material/error:")
+    elif turn.stopped:
+        st.caption(md_literal(answer_note("stopped", lang)))
+    meta = [answer_note(turn.mode, lang) if turn.mode == "chat" else "", ", ".join(turn.kbs),
+            f"{turn.seconds:.1f} s" if turn.seconds else ""]
+    if turn.query and turn.query.strip() != turn.question.strip():
+        meta.append(T("Searched for: {query}", query=turn.query))
+    meta_text = " · ".join(x for x in meta if x)
+    if meta_text:
+        st.caption(md_literal(meta_text))
+
+
+def render_sources(turn: Turn, n: int) -> None:
+    if not turn.sources:
+        return
+    st.markdown(f"###### {T('Sources')} {n + 1}")  # its slug is the anchor [1]-style citations link to
+    terms = turn.query or turn.question
     for i, source in enumerate(turn.sources, 1):
         with st.expander(md_literal(source_title(i, source)), icon=":material/description:"):
             details = [f"knowledge base: {source.kb}", f"file: {source.source}"]
@@ -245,59 +345,130 @@ def render_sources(turn: Turn) -> None:
             if source.heading:
                 details.append(f"section: {source.heading}")
             details.append(f"score {source.score:.3f}")
-            if source.dense_score is not None:
-                details.append(f"vector {source.dense_score:.3f}")
-            if source.keyword_score is not None:
-                details.append(f"keyword {source.keyword_score:.3f}")
             st.caption(md_literal(" · ".join(details)))
-            st.text(source.text)
+            st.markdown(highlight_terms(source.text, terms))
+            st.button(T("View source"), key=f"view_{turn.id}_{i}", icon=":material/open_in_new:",
+                      on_click=lambda s=source: st.session_state.update(viewing=(s, terms)))
 
 
-def ask(question: str, kbs: list[str]) -> None:
+@st.dialog("Source", width="large")
+def source_viewer(app, source: SourceRecord, terms: str) -> None:
+    from kb_qa.paths import safe_join
+
+    st.markdown(f"**{md_literal(source.label())}** · {md_literal(source.kb)}")
+    st.markdown(highlight_terms(source.text, terms))
+    path = None
+    try:
+        path = safe_join(app.docs_root / source.kb, source.source)
+    except Exception:  # noqa: BLE001 - a name that cannot be inside the folder: no download
+        log.debug("no download for %r", source.source, exc_info=True)
+    if path is not None and path.is_file() and path.stat().st_size <= app.settings.ingest.max_file_mb * 2**20:
+        st.download_button(T("Download the original"), data=path.read_bytes(), file_name=path.name,
+                           icon=":material/download:", on_click="ignore")
+    else:
+        st.caption(T("The original file is not in the knowledge base folder."))
+
+
+def answer_actions(turn: Turn, n: int, *, last: bool, store: ConversationStore) -> None:
+    cols = st.columns([2, 2, 6], vertical_alignment="center")
+    with cols[0]:
+        rating = st.feedback("thumbs", key=f"rate_{turn.id}")
+        wanted = {0: -1, 1: 1}.get(rating, 0) if rating is not None else turn.rating
+        if rating is not None and wanted != turn.rating:
+            turn.rating = wanted
+            store.add_feedback(st.session_state.owner, st.session_state.conversation.id, turn, wanted)
+            save_conversation(store)
+    if last:
+        cols[1].button(T("Regenerate"), key=f"regen_{turn.id}", icon=":material/refresh:", type="tertiary",
+                       on_click=lambda: st.session_state.update(regenerate=turn.id))
+    with cols[2].popover(T("Copy"), icon=":material/content_copy:"):
+        st.code(turn.answer, language="markdown", wrap_lines=True)  # the code block has a copy button
+
+
+def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
     ss = st.session_state
-    turn = Turn(question=question, kbs=kbs)
-    ss.turns.append(turn)  # kept even if the run is stopped or interrupted half-way
+    turn = Turn(question=question, kbs=list(kbs), settings=request_overrides())
+    turns = ss.conversation.turns
+    history = history_pairs(turns, int(ss.history_rounds))
+    turns.append(turn)  # kept even if the run is stopped or interrupted half-way
+    if not ss.conversation.title:
+        ss.conversation.title = question
+    save_conversation(store)
+    st.query_params["c"] = ss.conversation.id
+    n = len(turns) - 1
+    lang = question_language(question)
     with st.chat_message("user"):
         st.markdown(md_literal(question))
     with st.chat_message("assistant"):
+        body = st.empty()
+        body.markdown(f"*{md_literal(translate('searching…', lang))}*")
+        stop = st.empty()
+        stop.button(T("Stop"), icon=":material/stop_circle:", key="stop")  # a click reruns: the answer stops
+        pieces: list[str] = []
         started = time.perf_counter()
-        result: dict = {"pieces": []}
-        history = history_pairs(ss.turns[:-1], int(ss.history_rounds))
-        stream = answer_stream(kbs, question, history, request_overrides(), result)
-        lock = generation_lock()
-        if not lock.acquire(blocking=False):
-            with st.spinner("Another answer is being generated; waiting for the model…"):
-                lock.acquire()
+        result: dict = {}
+
+        def on_sources(sources, query) -> None:
+            turn.sources = [SourceRecord.of(s) for s in sources]
+            turn.query = query
+
+        app = shared_app()
+        if app.generation_lock.locked():  # the model generates for one session at a time; this one queues
+            waiting = translate("waiting for the model (another answer is being generated)…", lang)
+            body.markdown(f"*{md_literal(waiting)}*")
+        stream = None
         try:
-            st.write_stream(literal_stream(stream))
-        except Exception as exc:  # bad input, busy KB, OOM: a message, and the page goes on
-            turn.error = f"Answering failed: {friendly_error(exc)}"
-            log.warning("answering failed", exc_info=True)
+            from kb_qa.schema import Answer
+
+            stream = app.chain().stream_answer(question, history, kbs, overrides=request_overrides(),
+                                               on_sources=on_sources)
+            shown = 0.0
+            for item in stream:
+                if isinstance(item, Answer):
+                    result["answer"] = item
+                    continue
+                if not item:
+                    continue
+                pieces.append(item)
+                if time.perf_counter() - shown > 0.08:  # redraw at most ~12 times a second
+                    body.markdown(safe_markdown("".join(pieces), n_sources=len(turn.sources),
+                                                anchor=sources_anchor(n)) if turn.sources or pieces else "")
+                    shown = time.perf_counter()
+                elif len(pieces) == 1:
+                    body.markdown(f"*{md_literal(translate('generating…', lang))}*")
+        except Exception as exc:  # noqa: BLE001 - bad input, busy KB, OOM: a message, and the page goes on
+            turn.error = answer_note("failed", lang, error=friendly_error(exc))
+            log.warning("answering failed: %r", exc, exc_info=not is_expected(exc))
             _free_gpu_memory(exc)
-        finally:  # also on Stop / a rerun (BaseException): end the generation before another may start
-            stream.close()
-            lock.release()
+        finally:  # also on Stop / a rerun (BaseException): closing the stream ends the generation and frees the lock
+            if stream is not None:
+                stream.close()
             answer = result.get("answer")
             if answer is not None:
-                turn.answer, turn.sources, turn.mode = answer.text, list(answer.sources), answer.mode
-            else:
-                turn.answer = "".join(result["pieces"])
-                turn.error = turn.error or "Answering stopped before it finished."
+                turn.answer, turn.mode, turn.query = answer.text, answer.mode, answer.query
+                turn.sources = [SourceRecord.of(s) for s in answer.sources]
+            elif not turn.error:
+                turn.answer = "".join(pieces)
+                turn.mode = "llm" if turn.sources else ""
+                turn.stopped = True  # Stop, a click elsewhere, or a reload: what was generated is kept
             turn.seconds = time.perf_counter() - started
-        if turn.error:
-            st.error(md_literal(turn.error), icon=":material/error:")
-        render_sources(turn)
+            save_conversation(store)
+        stop.empty()
+        body.empty()
+    st.rerun()  # draw the finished turn the way every earlier one is drawn (actions, rating, sources)
 
 
 def _free_gpu_memory(exc: BaseException) -> None:
-    if "out of memory" not in str(exc).lower() and type(exc).__name__ != "OutOfMemoryError":
+    import sys
+
+    torch = sys.modules.get("torch")
+    oom = torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+    if not (oom or "out of memory" in str(exc).lower()):
         return
     try:
-        import torch
-
-        if torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort
         log.debug("emptying the CUDA cache failed", exc_info=True)
 
 
@@ -309,24 +480,26 @@ def kb_view(app) -> None:
     names = app.kb_names()
     left, right = st.columns([3, 2], gap="large")
     with right, st.form("create_kb", clear_on_submit=True, border=True):
-        st.markdown("**New knowledge base**")
-        st.text_input("Name", key="new_kb_name", placeholder="e.g. manuals",
+        st.markdown(f"**{T('New knowledge base')}**")
+        st.text_input(T("Name"), key="new_kb_name", placeholder="e.g. manuals",
                       help="Letters (any script), digits, '_', '-', '.'; up to 64 characters.")
-        st.form_submit_button("Create", icon=":material/add:", on_click=create_kb, args=(app,))
+        s = app.settings
+        st.caption(md_literal(f"Embedding model {s.embedding.model} · chunks of {s.ingest.chunk_size} "
+                              f"(overlap {s.ingest.chunk_overlap}); set in configs/default.yaml or KB_QA_* "
+                              "variables, for the whole process."))
+        st.form_submit_button(T("Create"), icon=":material/add:", on_click=create_kb, args=(app,))
     with left:
         if not names:
             st.info("No knowledge bases yet: create one on the right, then upload documents into it.")
             return
-        st.selectbox("Knowledge base", names, key="manage_kb")
+        st.selectbox(T("Knowledge base"), names, key="manage_kb")
     name = ss.manage_kb
     with left:
-        summary = st.empty()  # filled once the upload below (if any) is done
+        summary = st.container()
 
-    st.subheader("Upload documents")
+    st.subheader(T("Upload documents"))
     upload_form(app, name)
-    report = ss.report
-    if report and report[0] == name:
-        show_report(*report)
+    job_progress(name)
 
     try:
         kb = app.kb(name)
@@ -334,34 +507,73 @@ def kb_view(app) -> None:
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
         show_error(exc, f"Opening {name}")
         return
-    summary.caption(md_literal(f"{plural(info.documents, 'document')} · {plural(info.chunks, 'chunk')} · "
-                               f"embedding model {info.embedding_model or '-'}"))
+    with summary:
+        st.caption(md_literal(f"{plural(info.documents, 'document')} · {plural(info.chunks, 'chunk')} · "
+                              f"embedding model {info.embedding_model or '-'}"))
+        if info.embedding_model and info.embedding_model != app.settings.embedding.model:
+            st.warning(md_literal(
+                f"{name} was built with the embedding model {info.embedding_model}; this page uses "
+                f"{app.settings.embedding.model}. Questions and uploads fail until you rebuild it (Rebuild index "
+                f"re-embeds every document with {app.settings.embedding.model}) or restart the page with "
+                f"KB_QA_EMBEDDING__MODEL={info.embedding_model}."), icon=":material/warning:")
 
-    st.subheader("Documents")
-    if docs:
-        st.dataframe(document_rows(docs), hide_index=True, width="stretch",
+    st.subheader(T("Documents"))
+    failed = unindexed_files(app.docs_root / name, docs, shared_jobs().jobs(name))
+    if docs or failed:
+        rows = document_rows(docs) + [{"document": f, "status": T("Not indexed"), "chunks": 0, "size": "-",
+                                       "updated": "-", "note": why} for f, why in failed.items()]
+        st.dataframe(rows, hide_index=True, width="stretch",
                      column_config={"chunks": st.column_config.NumberColumn("chunks", format="%d")})
+    if docs:
+        document_actions(app, name, docs)
+    elif not failed:
+        st.caption(T("No documents yet."))
+    if failed:
         cols = st.columns([4, 2, 2], vertical_alignment="bottom")
-        cols[0].selectbox("Document", [d.source for d in docs], key="doc_to_remove")
-        cols[1].button("Remove document", icon=":material/delete:", on_click=remove_document, args=(app, name),
+        cols[0].selectbox(T("Not indexed"), list(failed), key="failed_to_remove")
+        cols[1].button(T("Remove file"), icon=":material/delete:", on_click=remove_failed_file, args=(app, name),
                        width="stretch")
-        cols[2].button("Rebuild index", icon=":material/refresh:", on_click=rebuild, args=(app, name),
-                       width="stretch",
-                       help=f"Re-read and re-embed every document in {app.docs_root / name} from scratch.")
-        elsewhere = outside_folder(docs, app.docs_root / name)
-        if elsewhere:
-            st.caption(md_literal(f"{plural(len(elsewhere), 'document')} came from outside {app.docs_root / name} "
-                                  "(e.g. python -m kb_qa.ingest PATH); a rebuild drops them, re-ingest them after."))
-    else:
-        st.caption("No documents yet.")
 
-    with st.expander("Delete this knowledge base"):
+    with st.expander(T("Delete this knowledge base")):
         st.caption(md_literal(f"Deletes the index of '{name}'. The uploaded files under "
                               f"{app.docs_root / name} are kept."))
         confirm = st.checkbox(md_literal(f"Yes, delete '{name}'"), key=f"confirm_delete_{name}")
-        st.button("Delete knowledge base", type="primary", disabled=not confirm, on_click=delete_kb,
+        st.button(T("Delete knowledge base"), type="primary", disabled=not confirm, on_click=delete_kb,
                   args=(app, name))
 
+
+def document_actions(app, name: str, docs) -> None:
+    ss = st.session_state
+    busy = bool(shared_jobs().active(name))
+    cols = st.columns([4, 2, 2], vertical_alignment="bottom")
+    cols[0].selectbox(T("Document"), [d.source for d in docs], key="doc_to_remove")
+    cols[1].button(T("Remove document"), icon=":material/delete:", width="stretch",
+                   on_click=lambda: ss.update(confirm_remove=(name, ss.get("doc_to_remove"))))
+    cols[2].button(T("Rebuild index"), icon=":material/refresh:", on_click=rebuild, args=(name,),
+                   width="stretch", disabled=busy,
+                   help=f"Re-read and re-embed every document in {app.docs_root / name} from scratch.")
+    pending = ss.get("confirm_remove")
+    if pending and pending[0] == name and pending[1]:
+        with st.container(border=True):
+            st.warning(md_literal(T("Remove '{doc}' from {kb} and delete its file?", doc=pending[1], kb=name)))
+            yes, no = st.columns(2)
+            yes.button(T("Yes, remove"), type="primary", on_click=remove_document, args=(app, name, pending[1]),
+                       width="stretch")
+            no.button(T("Cancel"), on_click=lambda: ss.pop("confirm_remove", None), width="stretch")
+    elsewhere = outside_folder(docs, app.docs_root / name)
+    if elsewhere:
+        st.caption(md_literal(f"{plural(len(elsewhere), 'document')} came from outside {app.docs_root / name} "
+                              "(e.g. python -m kb_qa.ingest PATH); a rebuild drops them, re-ingest them after."))
+    selected = ss.get("doc_to_remove")
+    if selected:
+        with st.expander(T("Chunks of the selected document") + f": {md_literal(selected)}"):
+            kb = app.kb(name)
+            chunks = kb.get_chunks(sorted(kb.chunk_ids_for_sources([selected])))
+            for cid, chunk in list(chunks.items())[:200]:
+                where = " · ".join(x for x in [f"#{cid}", f"p.{chunk.page}" if getattr(chunk, "page", None)
+                                               is not None else "", getattr(chunk, "heading", None) or ""] if x)
+                st.caption(md_literal(where))
+                st.text(chunk.text)
 
 
 def upload_form(app, name: str) -> None:
@@ -370,41 +582,52 @@ def upload_form(app, name: str) -> None:
     limit_mb = app.settings.ingest.max_file_mb
     with st.form("upload", clear_on_submit=True):
         files = st.file_uploader(
-            f"Files (up to {limit_mb:g} MiB each)", accept_multiple_files=True,
+            T("Files (up to {mb} MiB each)", mb=f"{limit_mb:g}"), accept_multiple_files=True,
             type=sorted(e.lstrip(".") for e in SUPPORTED_EXTENSIONS), key="uploads",
             max_upload_size=max(1, math.ceil(limit_mb)))
-        submitted = st.form_submit_button(f"Add to {name}", icon=":material/upload:", type="primary")
+        submitted = st.form_submit_button(T("Add to {kb}", kb=name), icon=":material/upload:", type="primary")
     if submitted and files:
-        ingest_uploads(app, name, files)
+        shared_jobs().submit_upload(name, [(f.name, f.getvalue()) for f in files])
+        st.rerun()  # draw the job's progress (and clear the form) at once
     elif submitted:
-        st.warning("Choose one or more files first.")
+        st.warning(T("Choose one or more files first."))
 
 
-def ingest_uploads(app, name: str, files) -> None:
-    total = len(files)
-    bar = st.progress(0.0, text=f"Saving and indexing {total} file(s)…")
-    done: list = []
+def job_progress(name: str) -> None:
+    """The progress of this KB's running job, redrawn every POLL_S by a fragment (a rerun of the fragment only);
+    when it ends, the whole page reruns once to show the new documents. Then the last job's report."""
+    runner = shared_jobs()
+    active = runner.active(name)
 
-    def on_file(outcome) -> None:
-        done.append(outcome)
-        bar.progress(min(len(done) / total, 1.0), text=f"{len(done)}/{total} · {outcome.source}: {outcome.status}")
+    @st.fragment(run_every=POLL_S if active else None)
+    def progress() -> None:
+        running = runner.active(name)
+        if not running and active:
+            st.rerun(scope="app")  # finished since the page was drawn
+        for job in running:
+            job = runner.snapshot(job)
+            what = "Rebuilding" if job.kind == "rebuild" else "Indexing"
+            text = (f"{what} {name}: {job.files_done}/{job.files_total} files · {plural(job.chunks_done, 'chunk')}"
+                    + (f" · {job.current}" if job.current and job.kind == "upload" else "")
+                    + (" (queued)" if job.state == "queued" else ""))
+            st.progress(job.fraction, text=md_literal(text))
 
-    with st.spinner(f"Indexing {total} file(s) into {name}…"):
-        try:
-            report = app.add_uploads(name, [(f.name, f.getvalue()) for f in files], on_file=on_file)
-        except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
-            bar.empty()
-            show_error(exc, "Upload")
-            return
-    bar.empty()  # the report below says how it went
-    st.session_state.report = (name, list(report.outcomes), report.seconds)
+    progress()
+    last = runner.latest(name)
+    if last is not None and not last.active and last.id not in st.session_state.get("dismissed", set()):
+        show_report(runner.snapshot(last))
 
 
-def show_report(name: str, outcomes: list, seconds: float) -> None:
-    failed = [o for o in outcomes if o.status == "failed"]
-    summary = f"{name}: {outcome_counts(outcomes)} ({seconds:.1f} s)"
-    (st.warning if failed else st.success)(md_literal(summary))
-    st.dataframe(outcome_rows(outcomes), hide_index=True, width="stretch")
+def show_report(job) -> None:
+    if job.error:
+        st.error(md_literal(f"{job.kb}: {'rebuild' if job.kind == 'rebuild' else 'upload'} failed: {job.error}"),
+                 icon=":material/error:")
+    summary = f"{job.kb}: {outcome_counts(job.outcomes)} ({job.seconds:.1f} s)"
+    (st.warning if job.failed or job.error else st.success)(md_literal(summary))
+    if job.outcomes:
+        st.dataframe(outcome_rows(job.outcomes), hide_index=True, width="stretch")
+    st.button("Dismiss", key=f"dismiss_{job.id}", type="tertiary", on_click=lambda: st.session_state.setdefault(
+        "dismissed", set()).add(job.id))
 
 
 # -- callbacks (run before the page is drawn, so they may set widget state) -----------------------------
@@ -413,10 +636,14 @@ def create_kb(app) -> None:
     name = (ss.get("new_kb_name") or "").strip()
     if not name:
         return
+    if name in app.kb_names():
+        ss.kb_error = f"A knowledge base named '{name}' already exists: choose another name, or pick it above."
+        ss.manage_kb = name
+        return
     try:
         app.kb(name, create=True)
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
-        ss.kb_error = f"Creating '{name}' failed: {friendly_error(exc)}"
+        ss.kb_error = f"Creating '{name}' failed: {error_text(exc)}"
         return
     ss.manage_kb = name
     if name not in ss.ask_kbs:
@@ -424,28 +651,35 @@ def create_kb(app) -> None:
     ss.notice = f"Created knowledge base '{name}'."
 
 
-def remove_document(app, name: str) -> None:
+def remove_document(app, name: str, source: str) -> None:
     ss = st.session_state
-    source = ss.get("doc_to_remove")
-    if not source:
-        return
+    ss.pop("confirm_remove", None)
     try:
         removed = app.remove_document(name, source)
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
-        ss.kb_error = f"Removing '{source}' failed: {friendly_error(exc)}"
+        ss.kb_error = f"Removing '{source}' failed: {error_text(exc)}"
         return
     ss.notice = f"Removed '{source}' from {name}." if removed else f"'{source}' was already gone."
 
 
-def rebuild(app, name: str) -> None:
+def remove_failed_file(app, name: str) -> None:
+    from kb_qa.paths import safe_join
+
     ss = st.session_state
-    try:
-        report = app.ingest(name, [app.docs_root / name], rebuild=True)
-    except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
-        ss.kb_error = f"Rebuilding {name} failed: {friendly_error(exc)}"
+    source = ss.get("failed_to_remove")
+    if not source:
         return
-    ss.report = (name, list(report.outcomes), report.seconds)
-    ss.notice = f"Rebuilt {name} in {report.seconds:.1f} s."
+    try:
+        path = safe_join(app.docs_root / name, source)
+        path.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
+        ss.kb_error = f"Removing '{source}' failed: {error_text(exc)}"
+        return
+    ss.notice = f"Deleted the file '{source}' from {app.docs_root / name}."
+
+
+def rebuild(name: str) -> None:
+    shared_jobs().submit_rebuild(name)
 
 
 def delete_kb(app, name: str) -> None:
@@ -453,7 +687,7 @@ def delete_kb(app, name: str) -> None:
     try:
         app.delete_kb(name)
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
-        ss.kb_error = f"Deleting '{name}' failed: {friendly_error(exc)}"
+        ss.kb_error = f"Deleting '{name}' failed: {error_text(exc)}"
         return
     ss.ask_kbs = [n for n in ss.ask_kbs if n != name]
     ss.manage_kb = None
@@ -463,23 +697,27 @@ def delete_kb(app, name: str) -> None:
 # ======================================================================================================
 # The page
 # ======================================================================================================
-VIEWS = {"chat": ":material/chat: Chat", "kbs": ":material/folder_open: Knowledge bases"}
+VIEWS = {"chat": ("Chat", ":material/chat:"), "kbs": ("Knowledge bases", ":material/folder_open:")}
 
 
 def main() -> None:
-    app = shared_app()
-    init_session(app)
-    models = sidebar(app)
-    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
-                                required=True, label_visibility="collapsed")
+    app, store = shared_app(), shared_store()
+    init_session(app, store)
+    models = sidebar(app, store)
+    view = st.segmented_control("View", list(VIEWS), format_func=lambda v: f"{VIEWS[v][1]} {T(VIEWS[v][0])}",
+                                default="chat", key="view", required=True, label_visibility="collapsed")
     if st.session_state.get("kb_error"):
         st.error(md_literal(st.session_state.pop("kb_error")), icon=":material/error:")
     if st.session_state.get("notice"):
         st.toast(md_literal(st.session_state.pop("notice")), icon=":material/check_circle:")
+    viewing = st.session_state.pop("viewing", None)
+    if viewing:
+        source_viewer(app, *viewing)
+    save_settings(store)
     if view == "kbs":
         kb_view(app)
     else:
-        chat_view(app)
+        chat_view(app, store)
     model_state(app, models)  # last: it waits for the language model to load, which the page need not do
 
 

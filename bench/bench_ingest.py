@@ -170,7 +170,8 @@ def run_kb_qa(docs: Path, store: Path, backend: str, batch_size: int, cache_dir:
         raise SystemExit(f"kb_qa ingest failed: {report.summary()}")
     chunks = report.chunks_embedded
     kb = app.kb("bench")
-    mean_chars = kb.conn.execute("SELECT AVG(LENGTH(text)) FROM chunks").fetchone()[0] or 0.0
+    texts = [c.text for c in kb.get_chunks(kb.chunk_ids_for_sources(d.source for d in kb.documents())).values()]
+    mean_chars = sum(map(len, texts)) / len(texts) if texts else 0.0
     describe = app.embeddings.describe()
     app.kb("bench").close()
 

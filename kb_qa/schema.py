@@ -15,6 +15,7 @@ class Section:
     text: str
     page: int | None = None
     heading: str | None = None
+    ocr: bool = False  # text recognised from an image (a scanned page, a picture), not read from a text layer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Chunk:
     start: int = 0
     end: int = 0
     ordinal: int = 0  # position of the chunk within its document
+    ocr: bool = False  # cut from OCR text (see Section.ocr)
 
 
 @dataclass

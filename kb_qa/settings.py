@@ -128,8 +128,10 @@ class RetrievalSettings(Section):
 
 
 class LLMSettings(Section):
-    backend: Literal["chatglm2", "openai", "none"] = Field(
-        "chatglm2", description="'chatglm2' (local weights), 'openai' (any compatible endpoint), 'none'."
+    backend: Literal["chatglm2", "llamacpp", "openai", "none"] = Field(
+        "chatglm2",
+        description="'chatglm2' (local weights), 'llamacpp' (a GGUF file on llama.cpp: model_path is the .gguf or its "
+        "folder), 'openai' (any compatible endpoint), 'none'.",
     )
     model_path: str | None = Field(
         None,
@@ -144,6 +146,14 @@ class LLMSettings(Section):
             "ChatGLM2's tokenizer.model (file or folder) for exact token counts when no weights are loaded (backend "
             "'openai'); None = the one beside model_path, else an over-estimate."
         ),
+    )
+    gguf_file: str | None = Field(
+        None, description="Backend 'llamacpp': which .gguf in the model_path folder (None = the only one there)."
+    )
+    n_threads: int | None = Field(None, ge=1, description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
+    adapter: str | None = Field(
+        None, description="A PEFT LoRA adapter folder (merged into the weights at load time) or a ChatGLM2 P-tuning v2 "
+        "checkpoint folder (config.json with pre_seq_len; run as a past key/values prefix)."
     )
     device: str = Field("auto", description="'auto' (cuda > mps > cpu), 'cuda', 'cuda:0', 'mps' or 'cpu'.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

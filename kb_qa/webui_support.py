@@ -14,12 +14,15 @@ Deliberately not here: anything that talks to a knowledge base or a model (that 
 
 from __future__ import annotations
 
+import re
 import string
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kb_qa.conversations import Turn as _Turn
 
 _ESCAPE = {ch: "\\" + ch for ch in string.punctuation}  # the 32 ASCII punctuation characters
 _NBSP = "&nbsp;"  # written by us after escaping, so it is the only entity that can appear
@@ -108,9 +111,11 @@ def document_rows(records: Iterable[Any]) -> list[dict[str, Any]]:
     for r in records:
         rows.append({
             "document": r.source,
+            "status": "indexed",
             "chunks": int(r.n_chunks),
             "size": human_size(r.size),
             "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated_at)) if r.updated_at else "-",
+            "note": "",
         })
     return rows
 
@@ -154,30 +159,12 @@ def source_title(index: int, source: Any) -> str:
 
 
 # -- conversation -----------------------------------------------------------------------------------------
-@dataclass
-class Turn:
-    """One question and its answer as the page keeps them (per browser session)."""
-
-    question: str
-    answer: str = ""
-    sources: list[Any] = field(default_factory=list)
-    mode: str = ""
-    kbs: list[str] = field(default_factory=list)
-    error: str | None = None
-    seconds: float | None = None
-
-
-MODE_NOTES = {
-    "llm": "",
-    "retrieval-only": "Retrieval only: no language model is loaded, so these are the best-matching passages.",
-    "no-answer": "Nothing in the selected knowledge bases was relevant enough to answer from.",
-    "chat": "Answered without documents (nothing relevant was found).",
-}
+Turn = _Turn  # one home: kb_qa.conversations.Turn (re-exported for the page and its tests)
 
 
 def history_pairs(turns: Iterable[Turn], rounds: int) -> list[tuple[str, str]]:
-    """The last `rounds` completed (question, answer) pairs, oldest first; failed turns are skipped."""
-    pairs = [(t.question, t.answer) for t in turns if t.answer and not t.error]
+    """The last `rounds` completed (question, answer) pairs, oldest first; failed and stopped turns are skipped."""
+    pairs = [(t.question, t.answer) for t in turns if t.answer and not t.error and not t.stopped]
     return pairs[-rounds:] if rounds > 0 else []
 
 
@@ -201,17 +188,84 @@ def _indent(block: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in block.splitlines())
 
 
+def unindexed_files(folder: Path, records: Iterable[Any], jobs: Iterable[Any] = ()) -> dict[str, str]:
+    """Files in a knowledge base's folder that are not indexed, with the reason the latest job gave (failed uploads
+    stay on disk so a fix can be retried; the page lists them so they can be removed). Empty while a job runs."""
+    from kb_qa.ingest.pipeline import collect_files
+
+    jobs = list(jobs)
+    if any(j.active for j in jobs) or not Path(folder).is_dir():
+        return {}
+    indexed = {r.source for r in records}
+    candidates, _ = collect_files([folder])
+    reasons: dict[str, str] = {}
+    for job in jobs:  # oldest first: a later reason wins
+        for o in job.outcomes:
+            if o.status == "failed":
+                reasons[o.source] = o.reason or "failed"
+            else:
+                reasons.pop(o.source, None)
+    return {c.source: reasons.get(c.source, "not indexed (Rebuild index retries it)")
+            for c in candidates if c.source not in indexed}
+
+
+_LATIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_'-]{2,}")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]{2,}")
+
+
+_STOP = frozenset("the and for are but not you all any can has had her was one our out his how its who did does "
+                  "what when where which why with this that from have into your they them then than been were "
+                  "will would could should about there their these those".split())
+
+
+def query_terms(query: str) -> list[str]:
+    """Words worth highlighting: Latin words of 3+ characters (common function words left out), Chinese words of
+    2+ characters (jieba)."""
+    terms = {m.group(0).lower() for m in _LATIN.finditer(query or "")} - _STOP
+    for run in _CJK.findall(query or ""):
+        try:
+            import jieba
+
+            terms.update(w for w in jieba.cut(run) if len(w) >= 2)
+        except ImportError:  # pragma: no cover - jieba is a requirement
+            terms.add(run)
+    return sorted(terms, key=len, reverse=True)
+
+
+def highlight_terms(text: str, query: str) -> str:
+    """`text` escaped like md_literal, with the query's words highlighted by a Streamlit colour directive that
+    we write (`:orange-background[...]`). The text inside is escaped, so it can neither close the directive nor
+    open one of its own."""
+    terms = query_terms(query)
+    if not terms or not text:
+        return md_literal(text)
+    pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
+    escaper, out, last = LiteralStream(), [], 0
+    for m in pattern.finditer(text):
+        out.append(escaper.feed(text[last:m.start()]))
+        out.append(":orange-background[" + escaper.feed(m.group(0)) + "]")
+        last = m.end()
+    out.append(escaper.feed(text[last:]))
+    return "".join(out)
+
+
 # -- errors -----------------------------------------------------------------------------------------------
 def friendly_error(exc: BaseException) -> str:
-    """A one-paragraph message for an error shown in the page (plain text; escape before st.error)."""
-    name = type(exc).__name__
-    text = str(exc) or name
-    if name == "KnowledgeBaseBusy":
+    """A one-paragraph message for an error shown in the page (plain text; escape before st.error). Matched by
+    class: the user-error family (kb_qa.errors and the classes kb_qa.jobs.user_errors lists) shows its own
+    message; running out of GPU memory gets advice."""
+    import sys
+
+    from kb_qa.jobs import error_text
+    from kb_qa.store import KnowledgeBaseBusy
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, KnowledgeBaseBusy):
         return ("The knowledge base is busy (another upload, rebuild or the CLI is writing to it). "
                 f"Try again in a moment. ({text})")
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+    torch = sys.modules.get("torch")
+    if (torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))) or \
+            "out of memory" in text.lower():
         return ("The model ran out of memory. Try fewer passages (top_k), a shorter answer (max answer tokens) or "
                 "fewer history rounds, or load the model quantized. Details: " + text[:500])
-    if name in {"InvalidName", "UploadRejected", "KnowledgeBaseNotFound", "EmbeddingMismatch", "LoadError"}:
-        return text
-    return f"{name}: {text}"
+    return error_text(exc)

@@ -29,7 +29,7 @@ def main() -> None:
                 source = f"doc-{seed}-{step}-{j}.txt"
                 chunks = [Chunk(text=f"{source} 第{k}段 text {k}", source=source, ordinal=k) for k in range(n)]
                 writer.put_document(source, f"sha-{seed}-{step}-{j}", n, None, chunks, vecs)
-            docs = [r[0] for r in writer.conn.execute("SELECT source FROM documents ORDER BY source")]
+            docs = [d.source for d in writer.documents()]
             if len(docs) > 6:
                 writer.remove_document(docs[int(rng.integers(0, len(docs)))])
             writer.commit()

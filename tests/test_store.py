@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from kb_qa.schema import Chunk
-from kb_qa.store import EmbeddingMismatch, KnowledgeBase, KnowledgeBaseBusy, KnowledgeBaseNotFound
-from kb_qa.store import records
+from kb_qa.store import EmbeddingMismatch, KnowledgeBase, KnowledgeBaseBusy, KnowledgeBaseNotFound, records
+from kb_qa.store.terms import search_terms
 
 WORKER = Path(__file__).with_name("store_worker.py")
 DIM = 16
@@ -36,7 +36,7 @@ def add_docs(kb, rng, names, n=5, model="m"):
 def assert_consistent(kb: KnowledgeBase) -> None:
     """Vector count == chunk rows == keyword rows; every document's content and chunk count agree."""
     kb.close()
-    conn = kb.conn
+    conn = records.connect(kb.path / "kb.sqlite")  # the test inspects the tables themselves
     n_chunks = records.count_chunks(conn)
     assert conn.execute("SELECT COUNT(*) FROM chunk_terms").fetchone()[0] == n_chunks
     for sha, n in conn.execute("SELECT sha256, n_chunks FROM contents"):
@@ -47,7 +47,7 @@ def assert_consistent(kb: KnowledgeBase) -> None:
     assert (index.ntotal if index is not None else 0) == n_chunks
     if n_chunks:
         ids = {r[0] for r in conn.execute("SELECT id FROM chunks")}
-        found = kb.dense_search(unit(np.random.default_rng(1), 1, kb.info().dimension), n_chunks)[0]
+        found = kb.dense_search(unit(np.random.default_rng(1), 1, kb.info().dimension)[0], n_chunks)
         assert {i for i, _ in found} == ids
 
 
@@ -56,13 +56,13 @@ def test_add_search_remove_keeps_other_results(tmp_path):
     kb = KnowledgeBase.open(tmp_path, "kb", create=True)
     add_docs(kb, rng, ["a.txt", "b.txt", "c.txt"])
     queries = unit(rng, 4)
-    before = kb.dense_search(queries, 15)
+    before = kb.dense_search_batch(queries, 15)
     a_ids = kb.chunk_ids_for_sources(["a.txt"])
     with kb.writer() as w:
         assert w.remove_document("a.txt")
         w.commit()
-    after = kb.dense_search(queries, 15)
-    for old, new in zip(before, after):
+    after = kb.dense_search_batch(queries, 15)
+    for old, new in zip(before, after, strict=True):
         assert [hit for hit in old if hit[0] not in a_ids] == new  # same ids, same scores, same order
     assert kb.info().documents == 2 and kb.info().chunks == 10
     assert_consistent(kb)
@@ -100,7 +100,7 @@ def test_changed_content_replaces_old_chunks(tmp_path):
         w.commit()
     new_ids = kb.chunk_ids_for_sources(["a.txt"])
     assert len(new_ids) == 1 and not (new_ids & old_ids) and min(new_ids) > max(old_ids)  # ids never reused
-    assert kb.keyword_search("新的内容", 5)[0][0] in new_ids
+    assert kb.keyword_search(search_terms("新的内容"), 5)[0][0] in new_ids
     assert_consistent(kb)
 
 
@@ -139,7 +139,7 @@ def test_damaged_index_is_detected_and_rebuilt_from_records(tmp_path, damage, ca
     kb = KnowledgeBase.open(tmp_path, "kb", create=True)
     add_docs(kb, rng, ["a.txt", "b.txt"])
     queries = unit(rng, 3)
-    expected = kb.dense_search(queries, 10)
+    expected = kb.dense_search_batch(queries, 10)
     path = next(kb.path.glob("index-*.faiss"))
     if damage == "flip-bytes":
         data = bytearray(path.read_bytes())
@@ -150,9 +150,10 @@ def test_damaged_index_is_detected_and_rebuilt_from_records(tmp_path, damage, ca
     else:
         path.unlink()
     fresh = KnowledgeBase.open(tmp_path, "kb")
-    assert fresh.dense_search(queries, 10) == expected
+    assert fresh.dense_search_batch(queries, 10) == expected
     assert "rebuilt" in caplog.text
-    assert records.get_meta(fresh.conn, "index_sha256") and path.is_file()  # and the file was repaired
+    conn = records.connect(fresh.path / "kb.sqlite")
+    assert records.get_meta(conn, "index_sha256") and path.is_file()  # and the file was repaired
     assert_consistent(fresh)
 
 
@@ -241,3 +242,90 @@ def test_kill_during_commits_at_many_points(tmp_path):
         assert docs >= min(previous_docs, 6)  # committed work is never lost (removals keep it near 7)
         previous_docs = docs
         kb.close()
+
+
+def test_recreated_kb_reports_its_own_chunk_count(tmp_path):
+    """A KB deleted and re-created under the same name is a new KB: N (chunks, the IDF's corpus size) must be its
+    own, not a count cached for the old one (the old cache was keyed by folder and index generation)."""
+    from kb_qa.retrieval.keyword import TermStats
+
+    rng = np.random.default_rng(0)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt", "c.txt"])  # 15 chunks, generation 1
+    assert TermStats(kb, ["paragraph"]).n_docs == 15
+    kb.close()
+    KnowledgeBase.delete(tmp_path, "kb")
+    again = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(again, rng, ["z.txt"])  # 5 chunks, generation 1 again
+    stats = TermStats(again, ["paragraph"])
+    assert stats.n_docs == 5 and stats.df == {"paragraph": 5}
+    assert again.chunk_count() == 5 == again.info().chunks
+
+
+def test_chunk_count_follows_commits_and_rebuilds(tmp_path):
+    rng = np.random.default_rng(0)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"])
+    assert kb.chunk_count() == 10
+    with kb.writer() as w:
+        w.remove_document("a.txt")
+        w.commit()
+    assert kb.chunk_count() == 5
+    with kb.writer(embedding_model="m") as w:
+        w.clear()
+        w.commit()
+    assert kb.chunk_count() == 0 and kb.info().chunks == 0
+
+
+def test_batch_searches_equal_single_ones_and_filters_are_exact(tmp_path):
+    rng = np.random.default_rng(3)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, [f"d{i}.txt" for i in range(8)])
+    queries = unit(rng, 3)
+    batch = kb.dense_search_batch(queries, 7)
+    assert batch == [kb.dense_search(q, 7) for q in queries]
+    assert all(len(hits) == 7 for hits in batch)
+    allowed = kb.chunk_ids_for_sources(["d2.txt", "d5.txt"])  # 10 ids
+    full = kb.dense_search(queries[0], 40)
+    filtered = kb.dense_search(queries[0], 4, allowed)
+    assert filtered == [hit for hit in full if hit[0] in allowed][:4]  # exact: what a full ranking would keep
+    assert kb.dense_search(queries[0], 4, set()) == []
+
+    term_lists = [search_terms("d2.txt paragraph"), search_terms("段落 3"), search_terms("???")]
+    kw = kb.keyword_search_batch(term_lists, 5)
+    assert kw == [kb.keyword_search(t, 5) for t in term_lists]
+    assert kw[2] == [] and len(kw[0]) == 5 and all(s > 0 for _, s in kw[0])
+    assert kw[0][0][0] in kb.chunk_ids_for_sources(["d2.txt"])  # the rare term wins
+    only = kb.keyword_search(search_terms("paragraph"), 50, allowed)
+    assert {cid for cid, _ in only} == allowed
+    with pytest.raises(TypeError):
+        kb.keyword_search("paragraph", 5)  # text is the analyser's input, not the store's
+
+
+def test_store_reads_used_by_retrieval(tmp_path):
+    rng = np.random.default_rng(4)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"], n=3)
+    ids = sorted(kb.chunk_ids_for_sources(["a.txt"]))
+    vectors = kb.chunk_vectors(ids + [10**9])
+    assert sorted(vectors) == ids and all(v.shape == (DIM,) and abs(np.linalg.norm(v) - 1) < 1e-5
+                                          for v in vectors.values())
+    hit = kb.dense_search(vectors[ids[0]], 1)[0]
+    assert hit[0] == ids[0] and hit[1] == pytest.approx(1.0, abs=1e-5)
+    terms = kb.chunk_terms(ids)
+    assert terms[ids[0]] == "a.txt 段落 0 paragraph 0".replace("a.txt", "a txt")
+    assert kb.document_frequencies(["paragraph", "a", "nowhere"]) == {"paragraph": 6, "a": 3, "nowhere": 0}
+
+
+def test_store_imports_nothing_above_it():
+    """The store is the lowest layer: no module under kb_qa/store imports retrieval, qa, llm, app or a front end."""
+    import ast
+
+    banned = ("kb_qa.retrieval", "kb_qa.qa", "kb_qa.llm", "kb_qa.app", "kb_qa.api", "kb_qa.cli", "kb_qa.ingest")
+    folder = Path(__file__).resolve().parents[1] / "kb_qa" / "store"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(banned), f"{path.name} imports {name}"

@@ -135,11 +135,17 @@ def test_export_is_inert_markdown():
 
 
 def test_friendly_errors():
-    busy = type("KnowledgeBaseBusy", (RuntimeError,), {})("locked")
-    assert "busy" in friendly_error(busy)
-    oom = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory")
-    assert "ran out of memory" in friendly_error(oom)
-    assert friendly_error(ValueError("x")) == "ValueError: x"
+    import torch
+
+    from kb_qa.paths import InvalidName
+    from kb_qa.store import KnowledgeBaseBusy
+
+    assert "busy" in friendly_error(KnowledgeBaseBusy("locked"))
+    assert "ran out of memory" in friendly_error(torch.OutOfMemoryError("CUDA out of memory"))
+    assert friendly_error(ValueError("x")) == "ValueError: x"  # not a user error: its class is named
+    assert friendly_error(InvalidName("bad name 'a/b'")) == "bad name 'a/b'"  # a user error: its message
+    lookalike = type("KnowledgeBaseBusy", (RuntimeError,), {})("locked")  # matched by class, not by name
+    assert "busy" not in friendly_error(lookalike)
 
 
 # ==========================================================================================================
@@ -206,11 +212,26 @@ def create_kb(at, name):
 
 
 def upload(at, kb, files):
-    """files: [(name, bytes)] into the knowledge base being managed (`kb`)."""
+    """files: [(name, bytes)] into the knowledge base being managed (`kb`); returns once the background job is
+    done and its report is drawn."""
     at.selectbox(key="manage_kb").set_value(kb)
     checked(at.run())
     at.file_uploader(key="uploads").set_value([(n, data, "application/octet-stream") for n, data in files])
-    return checked(button(at, f"Add to {kb}").click().run())
+    checked(button(at, f"Add to {kb}").click().run())
+    return wait_for_jobs(at)
+
+
+def wait_for_jobs(at, timeout_s=120):
+    """Rerun the page until no ingestion job is running (AppTest does not run timed fragments by itself)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        checked(at.run())
+        if not at.get("progress"):
+            return at
+        assert time.monotonic() < deadline, "the ingestion job never finished"
+        time.sleep(0.2)
 
 
 def ask(at, question, kbs=None):
@@ -223,6 +244,11 @@ def ask(at, question, kbs=None):
 
 def texts(elements):
     return [unescape(e.value) for e in elements]
+
+
+def passage_text(expander):
+    """A source expander's passage as the reader sees it (escapes undone, highlight directives taken off)."""
+    return " ".join(re.sub(r":orange-background\[([^\]]*)\]", r"\1", unescape(m.value)) for m in expander.markdown)
 
 
 def fixture_file(name):
@@ -247,7 +273,11 @@ def test_create_upload_ask_remove_switch(tiny_llm_env):
     assert "PDF" in notes["truncated.pdf"] and "same content" in notes["copy-of-sample.pdf"]
     documents = at.dataframe[1].value
     chunks = dict(zip(documents["document"], documents["chunks"], strict=True))
-    assert set(chunks) == {"sample.pdf", "sample.docx", "copy-of-sample.pdf"} and chunks["sample.pdf"] >= 2
+    state = dict(zip(documents["document"], documents["status"], strict=True))
+    assert {d for d, s in state.items() if s == "indexed"} == {"sample.pdf", "sample.docx", "copy-of-sample.pdf"}
+    assert chunks["sample.pdf"] >= 2
+    assert state["truncated.pdf"] == "Not indexed"  # the failed upload is on disk: listed, with its reason
+    assert "PDF" in dict(zip(documents["document"], documents["note"], strict=True))["truncated.pdf"]
 
     ask(at, "What does the quick brown fox jump over?")
     user, assistant = at.chat_message
@@ -255,18 +285,36 @@ def test_create_upload_ask_remove_switch(tiny_llm_env):
     assert assistant.markdown[0].value.strip()  # the model's (random) answer, streamed
     labels = [unescape(e.label) for e in assistant.expander]
     assert labels and any("sample" in label for label in labels), labels
-    passage = " ".join(t.value for e in assistant.expander for t in e.text)
+    passage = " ".join(passage_text(e) for e in assistant.expander)
     assert "quick brown fox" in passage
 
-    # a second round: both turns stay on the page; history goes to the model
-    ask(at, "And in Chinese?")
-    assert len(at.chat_message) == 4 and len(at.session_state.turns) == 2
+    # a second round: both turns stay on the page; the first round goes to the model as history
+    import kb_qa.qa.chain
+
+    seen, real = {}, kb_qa.qa.chain.QAChain.stream_answer
+
+    def spy(chain, question, history=(), kbs=None, **kwargs):
+        seen.update(question=question, history=list(history))
+        return real(chain, question, history, kbs, **kwargs)
+
+    first = at.session_state.conversation.turns[0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", spy)
+        ask(at, "And in Chinese?")
+    assert seen["question"] == "And in Chinese?"
+    assert seen["history"] == [("What does the quick brown fox jump over?", first.answer)] and first.answer
+    assert len(at.chat_message) == 4 and len(at.session_state.conversation.turns) == 2
 
     # remove a document
     view(at, KBS)
     at.selectbox(key="doc_to_remove").set_value("sample.docx")
     checked(button(at, "Remove document").click().run())
-    assert set(at.dataframe[-1].value["document"]) == {"sample.pdf", "copy-of-sample.pdf"}
+    assert (page_dir(tiny_llm_env) / "manuals" / "sample.docx").exists()  # not before it is confirmed
+    assert "sample.docx" in " ".join(texts(at.warning))
+    checked(button(at, "Yes, remove").click().run())
+    assert set(at.dataframe[-1].value["document"]) == {"sample.pdf", "copy-of-sample.pdf", "truncated.pdf"}
+    assert dict(zip(at.dataframe[-1].value["document"], at.dataframe[-1].value["status"],
+                    strict=True))["truncated.pdf"] == "Not indexed"  # still listed, until removed:
     assert not (page_dir(tiny_llm_env) / "manuals" / "sample.docx").exists()
 
     # a second knowledge base; ask only it
@@ -282,8 +330,13 @@ def test_create_upload_ask_remove_switch(tiny_llm_env):
     view(at, KBS)
     at.selectbox(key="manage_kb").set_value("manuals")
     checked(at.run())
+    at.selectbox(key="failed_to_remove").set_value("truncated.pdf")
+    checked(button(at, "Remove file").click().run())  # ... and removable
+    assert not (page_dir(tiny_llm_env) / "manuals" / "truncated.pdf").exists()
     checked(button(at, "Rebuild index").click().run())
+    wait_for_jobs(at)
     assert set(at.dataframe[-1].value["document"]) == {"sample.pdf", "copy-of-sample.pdf"}
+    assert "manuals: 2 added" in " ".join(texts(at.success))  # the rebuild's report
     at.checkbox(key="confirm_delete_manuals").check()
     checked(at.run())
     checked(button(at, "Delete knowledge base").click().run())
@@ -302,33 +355,36 @@ def test_retrieval_only_clear_and_export(page_env):
     upload(at, "kb", [fixture_file("sample.md")])
     ask(at, "What grounds answers in documents?")
     assistant = at.chat_message[1]
-    assert "Retrieval only" in " ".join(texts(assistant.caption))
+    shown = unescape(assistant.markdown[0].value)  # the answer bubble's text (later ones are the sources')
+    assert "Retrieval only" in shown
     assert assistant.expander and "sample.md" in unescape(assistant.expander[0].label)
+    passage = re.sub(r":orange-background\[([^\]]*)\]", r"\1", unescape(assistant.expander[0].markdown[0].value))
+    assert passage.strip() and passage.strip()[:40] not in shown  # the passage is shown once: as its source
 
-    exported = at.session_state.turns
+    exported = at.session_state.conversation.turns
     from kb_qa.webui_support import conversation_markdown
 
     md = conversation_markdown(exported)
     assert "What grounds answers in documents" in md.replace("\\", "") and "sample.md" in md.replace("\\", "")
     download = at.get("download_button")[0]
     assert not download.proto.disabled
-    checked(button(at, "Clear conversation").click().run())
-    assert not at.chat_message and at.session_state.turns == []
+    checked(at.button(key="new_conversation_top").click().run())
+    assert not at.chat_message and at.session_state.conversation.turns == []
 
 
 def test_sidebar_settings_reach_the_chain(page_env, monkeypatch):
     seen = {}
 
-    def fake_stream_answer(app, question, *, kbs=None, history=(), llm=None, overrides=None, files=None):
+    def fake_stream_answer(chain, question, history=(), kbs=None, *, overrides=None, files=None, on_sources=None):
         from kb_qa.schema import Answer
 
-        seen.update(question=question, kbs=kbs, history=list(history), overrides=dict(overrides), llm=llm)
+        seen.update(question=question, kbs=kbs, history=list(history), overrides=dict(overrides), llm=chain.llm)
         yield "ok"
         yield Answer(question, "ok", [], mode="no-answer")
 
     import kb_qa.qa.chain
 
-    monkeypatch.setattr(kb_qa.qa.chain, "stream_answer", fake_stream_answer)
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", fake_stream_answer)
     at = open_page()
     create_kb(at, "kb")
     view(at, CHAT)
@@ -372,17 +428,19 @@ def test_errors_are_messages_and_the_page_keeps_working(page_env, monkeypatch):
 
     monkeypatch.setattr(kb_qa.app.App, "add_uploads", busy)
     upload(at, "kb", [("more.txt", b"more text")])
-    assert "busy" in " ".join(texts(at.error))
+    results = at.dataframe[0].value
+    assert list(results["file"]) == ["more.txt"] and list(results["result"]) == ["failed"]
+    assert "busy" in results["note"][0]
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield  # pragma: no cover
 
-    original = kb_qa.qa.chain.stream_answer
-    monkeypatch.setattr(kb_qa.qa.chain, "stream_answer", oom)
+    original = kb_qa.qa.chain.QAChain.stream_answer
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", oom)
     ask(at, "anything?")
     assert "ran out of memory" in " ".join(texts(at.error))
-    monkeypatch.setattr(kb_qa.qa.chain, "stream_answer", original)
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", original)
     ask(at, "What is in escape.txt?")  # the page still answers afterwards
     assert len(at.chat_message) == 4 and at.chat_message[-1].expander
 
@@ -399,9 +457,9 @@ def test_sessions_share_one_app_and_keep_their_own_history(page_env, monkeypatch
     ask(first, "What is retrieval augmented generation?")
     second = open_page()
     assert second.session_state.ask_kbs == ["kb"]  # the knowledge base is shared ...
-    assert not second.chat_message and second.session_state.turns == []  # ... the conversation is not
+    assert not second.chat_message and second.session_state.conversation.turns == []  # ... the conversation is not
     ask(second, "Another question")
-    assert len(first.session_state.turns) == 1 and len(second.session_state.turns) == 1
+    assert len(first.session_state.conversation.turns) == 1 and len(second.session_state.conversation.turns) == 1
     assert len(loads) == 1  # the model (here: the retrieval-only decision) is made once per process
 
 
@@ -420,7 +478,7 @@ def test_hostile_document_is_rendered_inert(page_env):
         live = re.sub(r"\\[!-/:-@\[-`{-~]", "", body)  # the markup left once escaped characters are taken out
         for needle in ("<script", "<img", "![", "](", ":red[", "$x$", "http:/"):
             assert needle not in live, (needle, body)
-    passage = " ".join(t.value for e in assistant.expander for t in e.text)
+    passage = " ".join(unescape(m.value) for e in assistant.expander for m in e.markdown)
     assert "<script>" in passage and "![tracker](http://203.0.113.77/pixel.png)" in passage  # as plain text
     source = WEBUI.read_text(encoding="utf-8")
     assert "unsafe_allow_html" not in source.replace("no unsafe_allow_html", "")

@@ -2,7 +2,8 @@
 
 A request that finds the model busy waits (parked in a worker thread outside the shared pool, so waiting never
 starves the threads that serve everything else) up to `wait_timeout_s`; a request that finds `max_queue` others
-already waiting is refused at once. Both refusals are `Overloaded` -> HTTP 503 with Retry-After, never a crash.
+already waiting is refused at once (`Overloaded`, HTTP 429); one whose wait times out gets 503. Both carry
+Retry-After, which OpenAI clients honour when they retry.
 
 Thread-based on purpose: the slot is held from the event loop (non-streaming requests) and released from worker
 threads (streams end there), and the test client runs each request on a fresh event loop, so loop-bound asyncio
@@ -19,13 +20,17 @@ from dataclasses import dataclass
 import anyio
 import anyio.to_thread
 
+from kb_qa.errors import BusyError
 
-class Overloaded(RuntimeError):
-    """No generation slot: the queue is full or the wait timed out. `retry_after_s` is a hint for the client."""
 
-    def __init__(self, message: str, retry_after_s: int = 1):
+class Overloaded(BusyError):
+    """No generation slot: the queue is full (`queue_full`) or the wait timed out. `retry_after_s` is a hint for
+    the client."""
+
+    def __init__(self, message: str, retry_after_s: int = 1, *, queue_full: bool = True):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.queue_full = queue_full
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class GenerationGate:
             raise
         if not got[0]:
             raise Overloaded(
-                f"server busy: waited {self.wait_timeout_s:g} s for model {self.model!r}; retry later", 5)
+                f"server busy: waited {self.wait_timeout_s:g} s for model {self.model!r}; retry later", 5,
+                queue_full=False)
 
     def _wait(self, got: list[bool]) -> None:
         deadline = time.monotonic() + self.wait_timeout_s

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from kb_qa.app import App
+from kb_qa.errors import UnavailableError, UsageError
+from kb_qa.llm.tokenizer import build_chat_prompt
 from kb_qa.schema import Answer, Source
 
 log = logging.getLogger(__name__)
@@ -23,11 +25,11 @@ History = Sequence[tuple[str, str]]
 GREEDY_BELOW = 1e-5  # temperatures below this mean greedy decoding (0)
 
 
-class LLMUnavailable(RuntimeError):
+class LLMUnavailable(UnavailableError):
     """Plain chat was asked for but no language model is loaded (retrieval-only mode)."""
 
 
-class BadRequest(ValueError):
+class BadRequest(UsageError):
     """The request cannot be answered as asked (HTTP 400)."""
 
 
@@ -35,36 +37,82 @@ class PromptTooLong(BadRequest):
     """The question (with its history) does not fit the token budget the request allows."""
 
 
-class _SamplingHandle:
-    """An LLM handle whose LangChain LLM gets extra per-call sampling keywords (e.g. top_p) on every call."""
+@dataclass
+class Generation:
+    """What one answer cost, filled in while it is generated: OpenAI's `usage` and `finish_reason`. Counts are
+    ChatGLM2 tokens of the prompt the model saw (prefix included) and of the answer it generated."""
 
-    def __init__(self, handle, extra: dict, stop: list[str] | None = None):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+    def finished(self, generated: int, reason: str) -> None:
+        self.completion_tokens, self.finish_reason = generated, reason
+
+
+class _AnswerHandle:
+    """The loaded LLM handle as the QA chain sees it for one request: its LangChain LLM is `_AnswerLLM`."""
+
+    def __init__(self, handle, params: GenParams, stats: Generation, system: str | None):
         self._handle = handle
         self.tokenizer = getattr(handle, "tokenizer", None)
-        self.langchain_llm = _SamplingLLM(handle.langchain_llm, {k: v for k, v in extra.items() if v is not None},
-                                          stop)
+        self.langchain_llm = _AnswerLLM(handle, params, stats, system)
 
     def __getattr__(self, name):
         return getattr(self._handle, name)
 
 
-class _SamplingLLM:
-    """Adds the request's keywords to the answer's `stream` (stop strings only there: not to the follow-up
-    rewriting, which uses `invoke`)."""
+class _AnswerLLM:
+    """`stream` (the answer) with the request's sampling (top_p, stop, seed), the system text in front of the
+    user's turn, and `stats` filled in; `invoke` (the follow-up rewriting) goes to the plain LangChain LLM."""
 
-    def __init__(self, llm, extra: dict, stop: list[str] | None):
-        self._llm, self._extra, self._stop = llm, extra, stop
+    def __init__(self, handle, params: GenParams, stats: Generation, system: str | None):
+        self._handle, self._params, self._stats, self._system = handle, params, stats, system
+        self._llm = handle.langchain_llm
 
-    def stream(self, prompt, **kwargs):
-        if self._stop:
-            kwargs["stop"] = self._stop
-        return self._llm.stream(prompt, **{**kwargs, **self._extra})
+    def stream(self, prompt: str, *, history=(), **kwargs):
+        if self._system:
+            prompt = f"{self._system}\n\n{prompt}"
+        sampling = {"top_p": self._params.top_p, "stop": list(self._params.stop) or None, **kwargs}
+        return stream_counted(self._handle, prompt, list(history), sampling, self._params.seed, self._stats)
 
     def invoke(self, prompt, **kwargs):
-        return self._llm.invoke(prompt, **{**kwargs, **self._extra})
+        return self._llm.invoke(prompt, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
+
+
+def stream_counted(handle, question: str, history: list, sampling: dict, seed: int | None,
+                   stats: Generation) -> Iterator[str]:
+    """The answer's pieces for `question` after `history`, filling `stats`. The local ChatGLM2 reports exactly
+    what it generated and why it stopped; a remote model's answer is re-counted with the local tokenizer (its
+    finish reason is the server's business: 'stop')."""
+    sampling = {k: v for k, v in sampling.items() if v is not None}
+    tokenizer = getattr(handle, "tokenizer", None)
+    prompt = build_chat_prompt(question, history)
+    if tokenizer is not None:
+        stats.prompt_tokens = tokenizer.count_tokens(prompt)
+    generator = getattr(handle, "generator", None)
+    if generator is not None:
+        return generator.stream(prompt, seed=seed, on_finish=stats.finished, **sampling)
+    if seed is not None:
+        sampling["seed"] = seed
+    return _recounted(handle.stream_chat(question, history, **sampling), tokenizer, stats)
+
+
+def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[str]:
+    text = []
+    try:
+        for piece in pieces:
+            text.append(piece)
+            yield piece
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+    if tokenizer is not None:
+        stats.completion_tokens = tokenizer.count_tokens("".join(text), add_prefix=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +124,7 @@ class GenParams:
     max_new_tokens: int | None = None
     max_length: int | None = None
     stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+    seed: int | None = None  # seeds sampling (torch's RNG) right before the answer is generated
 
     def __post_init__(self):
         # logits / 1e-300 overflow to inf and sampling fails; a temperature that small is greedy decoding anyway.
@@ -188,18 +237,16 @@ class Engine:
 
     # -- answering -----------------------------------------------------------------------------------------
     def answer(self, question: str, history: History, kb: str, params: GenParams,
-               top_k: int | None = None) -> Answer:
+               top_k: int | None = None, *, stats: Generation | None = None, system: str | None = None) -> Answer:
         """An answer from knowledge base `kb` (LLM, or retrieval-only when none is loaded)."""
-        answer = None
-        for piece in self.stream_answer(question, history, kb, params, top_k):
-            if isinstance(piece, Answer):
-                answer = piece
-        assert answer is not None
-        return answer
+        return last_answer(self.stream_answer(question, history, kb, params, top_k, stats=stats, system=system))
 
     def stream_answer(self, question: str, history: History, kb: str, params: GenParams,
-                      top_k: int | None = None) -> Iterator[str | Answer]:
-        """Text pieces as they are generated, then the complete `Answer` (last item): kb_qa.qa.chain."""
+                      top_k: int | None = None, *, stats: Generation | None = None,
+                      system: str | None = None) -> Iterator[str | Answer]:
+        """Text pieces as they are generated, then the complete `Answer` (last item): kb_qa.qa.chain. `system`
+        goes in front of the answer's user turn (not into retrieval, which it would pollute); `stats` gets the
+        usage and finish reason."""
         from kb_qa.qa.chain import QAChain
 
         if not question.strip():
@@ -207,40 +254,45 @@ class Engine:
         llm = self.llm()
         overrides = {"retrieval.top_k": top_k}
         if llm is not None:
-            overrides.update(self._window_overrides(params))
-            # The chain passes temperature and max_new_tokens to the model itself; top_p and stop ride along here.
-            llm = _SamplingHandle(llm, {"top_p": params.top_p}, stop=list(params.stop) or None)
+            overrides.update(self._window_overrides(llm, params, system))
+            llm = _AnswerHandle(llm, params, stats if stats is not None else Generation(), system)
         chain = QAChain(self.app, llm)
         return chain.stream_answer(question, list(history), kb, overrides=overrides)
 
-    def _window_overrides(self, params: GenParams) -> dict:
+    def _window_overrides(self, llm, params: GenParams, system: str | None) -> dict:
         """Per-request settings for the chain: sampling, and ChatGLM2's `max_length` (prompt + answer tokens) as
-        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it)."""
+        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it). The system text's
+        tokens are taken off the window the chain packs into."""
         s = self.app.settings.llm
         out = {"llm.temperature": params.temperature, "llm.max_new_tokens": params.max_new_tokens}
+        window = s.max_context_tokens
         if params.max_length is not None:
             window = max(256, min(s.max_context_tokens, params.max_length))
             answer = params.max_new_tokens or s.max_new_tokens
-            out["llm.max_context_tokens"] = window
             out["llm.max_new_tokens"] = max(1, min(answer, window // 2))
+        tokenizer = getattr(llm, "tokenizer", None)
+        if system and tokenizer is not None:
+            window -= tokenizer.count_tokens(system + "\n\n", add_prefix=False)
+            if window < 64:
+                raise PromptTooLong("the system message leaves no room for the passages and the question")
+        if window != s.max_context_tokens:
+            out["llm.max_context_tokens"] = window
         return out
 
-    def chat(self, prompt: str, history: History, params: GenParams) -> Answer:
-        answer = None
-        for piece in self.stream_chat(prompt, history, params):
-            if isinstance(piece, Answer):
-                answer = piece
-        assert answer is not None
-        return answer
+    def chat(self, prompt: str, history: History, params: GenParams, *, stats: Generation | None = None) -> Answer:
+        return last_answer(self.stream_chat(prompt, history, params, stats=stats))
 
-    def stream_chat(self, prompt: str, history: History, params: GenParams) -> Iterator[str | Answer]:
+    def stream_chat(self, prompt: str, history: History, params: GenParams, *,
+                    stats: Generation | None = None) -> Iterator[str | Answer]:
         """Plain chat with the LLM (no knowledge base), ChatGLM2's dialogue format: text pieces, then the Answer."""
         llm = self.llm()
         if llm is None:
             raise LLMUnavailable(f"no language model loaded ({self._llm_reason}); "
                                  "name a knowledge base for retrieval-only answers")
         overrides = self._overrides(llm, params, lambda: llm.count_prompt_tokens(prompt, history))
-        pieces = llm.stream_chat(prompt, list(history), **overrides)  # checks the window before generating
+        stats = stats if stats is not None else Generation()
+        # checks the window before generating
+        pieces = stream_counted(llm, prompt, list(history), overrides, params.seed, stats)
         return self._collect(prompt, pieces)
 
     @staticmethod
@@ -284,3 +336,12 @@ class Engine:
         if tokenizer is None:
             return None
         return tokenizer.count_tokens(text, add_prefix=False)
+
+
+def last_answer(items: Iterator[str | Answer]) -> Answer:
+    answer = None
+    for item in items:
+        if isinstance(item, Answer):
+            answer = item
+    assert answer is not None
+    return answer

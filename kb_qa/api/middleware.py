@@ -1,7 +1,7 @@
 """Two pure-ASGI guards that wrap the whole API: the bearer API key and the request-body size limit.
 
 Both sit outside routing, so no endpoint can forget them (unknown paths and the OpenAPI document included); both
-answer with JSON `{"detail": ...}` like every other error. CORS (Starlette's middleware, only when origins are
+answer in OpenAI's error shape like every other error (kb_qa.api.errors). CORS (Starlette's middleware, only when origins are
 configured) wraps these two, so a browser's preflight is answered without a key and error replies carry the CORS
 headers the browser needs to read them.
 
@@ -11,12 +11,13 @@ capacity (`kb_qa.api.capacity`).
 
 from __future__ import annotations
 
-import json
 import secrets
 import sys
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kb_qa.api.errors import error_bytes, type_of
 
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup
@@ -26,8 +27,9 @@ else:  # pragma: no cover - anyio brings the backport on 3.10
 OPEN_PATHS = frozenset({"/health"})  # reachable without the API key
 
 
-async def send_json_error(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}, ensure_ascii=False).encode("utf-8")
+async def send_json_error(send: Send, status: int, detail: str, headers: dict[str, str] | None = None,
+                          code: str | None = None) -> None:
+    body = error_bytes(detail, type_of(status), code=code)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -54,7 +56,7 @@ class APIKeyMiddleware:
         if supplied and secrets.compare_digest(supplied, self._key):
             return await self.app(scope, receive, send)
         detail = "invalid API key" if supplied else "missing API key: send 'Authorization: Bearer <key>'"
-        await send_json_error(send, 401, detail, {"WWW-Authenticate": "Bearer"})
+        await send_json_error(send, 401, detail, {"WWW-Authenticate": "Bearer"}, code="invalid_api_key")
 
 
 class BodyTooLarge(HTTPException):
@@ -84,7 +86,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     return await send_json_error(send, 400, "invalid Content-Length header")
                 if declared > self.max_bytes:
-                    return await send_json_error(send, 413, self._detail, {"Connection": "close"})
+                    return await send_json_error(send, 413, self._detail, {"Connection": "close"}, "request_too_large")
         received = 0
         started = False
 
@@ -107,10 +109,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await send_json_error(send, 413, self._detail, {"Connection": "close"})
+                await send_json_error(send, 413, self._detail, {"Connection": "close"}, "request_too_large")
         except BaseExceptionGroup as group:  # raised inside a task group (e.g. a streaming response)
             rest = group.split(BodyTooLarge)[1]
             if rest is not None:
                 raise
             if not started:
-                await send_json_error(send, 413, self._detail, {"Connection": "close"})
+                await send_json_error(send, 413, self._detail, {"Connection": "close"}, "request_too_large")

@@ -6,34 +6,62 @@ and knowledge-base management. Bounds are here (lengths, ranges), so out-of-rang
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_TEXT = 200_000  # characters in one message/prompt; the 8K-token window is far smaller, this bounds parsing
 MAX_TURNS = 256  # history entries / messages in one request
-KBName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+MAX_INPUTS = 2048  # texts in one embeddings request (OpenAI's own limit)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON may carry a lone surrogate (\\ud800) that no UTF-8 encoder accepts: refuse it here (400) rather than
+    fail later in the tokenizer, the store or the reply itself."""
+    if _SURROGATE.search(text):
+        raise ValueError("text holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode")
+    return text
+
+
+Unicode = AfterValidator(_valid_unicode)
+KBName = Annotated[str, StringConstraints(min_length=1, max_length=64), Unicode]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), Unicode]
+Short = Annotated[str, StringConstraints(min_length=1, max_length=200), Unicode]
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong and, where there is one, the fix.")
+    type: str = Field(description="invalid_request_error, authentication_error, not_found_error, conflict_error, "
+                                  "rate_limit_error or server_error.")
+    param: str | None = Field(default=None, description="The request field at fault, e.g. 'messages[0].content'.")
+    code: str | int | None = Field(default=None, description="e.g. model_not_found, server_busy.")
 
 
 class ErrorBody(BaseModel):
-    detail: Any = Field(description="What went wrong: a message, or a list of validation errors (422).")
+    """OpenAI's error shape, for every error of this API."""
+
+    error: ErrorDetail
 
 
 ERROR_MEANINGS = {
-    400: "Invalid name or request (e.g. a path that would leave its folder, a question too long for the window).",
+    400: "Invalid name, parameter or request (e.g. a path that would leave its folder, a question too long for the "
+         "window, an unsupported parameter), or a configuration problem (the message says the fix).",
     401: "Missing or wrong API key ('Authorization: Bearer <key>').",
-    404: "No such knowledge base or document.",
+    404: "No such knowledge base, document or model (code model_not_found).",
     409: "The knowledge base is busy (another ingest or edit), already exists, or was built with another "
          "embedding model.",
     413: "The request body or an uploaded file is over its size limit.",
     500: "Unexpected server error (logged); the server keeps serving.",
-    503: "No language model loaded (retrieval-only), or the generation queue is full (Retry-After).",
+    429: "The generation queue is full (api.max_queue); retry after Retry-After seconds.",
+    502: "The upstream OpenAI-compatible model server failed (llm.backend openai).",
+    503: "Waited too long for the model, or out of GPU memory; retry after Retry-After seconds.",
 }
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these error statuses, all with the `{"detail": ...}` body."""
+    """OpenAPI `responses` entries for these error statuses, all with OpenAI's `{"error": {...}}` body."""
     return {code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
@@ -93,24 +121,42 @@ class ChatMessage(BaseModel):
         return "".join(part.text or "" for part in self.content if part.type == "text")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = Field(default=False, description="Send a last chunk with `usage` (and no choices).")
+
+
 class ChatCompletionRequest(BaseModel):
     """The OpenAI fields clients send; unknown ones are ignored. The knowledge base is chosen by `model`
-    (`kb:<name>`) or by the extra field `knowledge_base`; any other model name is plain chat with the LLM."""
+    (`kb:<name>`) or by the extra field `knowledge_base`; otherwise `model` must be the LLM's id (GET /v1/models).
+    Parameters this server cannot honour (`n` > 1, `tools`, `response_format` other than text, `logprobs`) are a
+    400 naming the parameter, never silently ignored."""
 
     model_config = ConfigDict(extra="allow")
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    model: Short
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_TURNS)]
     stream: bool = False
+    stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0, description="0 is treated as greedy decoding.")
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
-    stop: Annotated[str, StringConstraints(min_length=1, max_length=200)] | Annotated[
-        list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=4)] | None = Field(
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64,
+                             description="Same seed, same request, same model: the same sampled answer.")
+    n: int | None = Field(default=None, ge=1, le=128, description="Only 1 is supported (400 otherwise).")
+    stop: Short | Annotated[list[Short], Field(max_length=4)] | None = Field(
         default=None, description="Up to 4 strings; the answer ends before the first of them.")
+    tools: list[Any] | None = Field(default=None, description="Not supported: 400 when non-empty.")
+    tool_choice: Any = Field(default=None, description="Only 'none' / 'auto' without tools.")
+    functions: list[Any] | None = Field(default=None, description="Not supported: 400 when non-empty.")
+    response_format: dict[str, Any] | None = Field(default=None, description="Only {'type': 'text'}.")
+    logprobs: bool | None = Field(default=None, description="Not supported: 400 when true.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Not supported: 400 when > 0.")
     knowledge_base: KBName | None = Field(default=None, description="Extra: answer from this knowledge base.")
     top_k: int | None = Field(default=None, ge=1, le=100, description="Extra: passages retrieved.")
+    include_sources: bool = Field(
+        default=False, description="Extra: append a Markdown 'Sources' block to the answer text (for clients that "
+                                   "drop the `sources` field, e.g. langchain-openai).")
 
     @field_validator("messages")
     @classmethod
@@ -128,10 +174,14 @@ class AssistantMessage(BaseModel):
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] = "stop"
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] = Field(
+        default="stop", description="'length': the answer stopped at max_tokens / max_length or the window.")
 
 
 class Usage(BaseModel):
+    """Tokens counted with the answering model's tokenizer (ChatGLM2's); 0 when no model ran (retrieval-only)."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -142,8 +192,9 @@ class ChatCompletion(BaseModel):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[Choice]
-    usage: Usage | None = None
+    usage: Usage
     sources: list[SourceOut] | None = Field(default=None, description="Extra: the passages the answer cites.")
     mode: str | None = Field(default=None, description="Extra: 'llm', 'retrieval-only', 'no-answer' or 'chat'.")
 
@@ -153,11 +204,45 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "kb_qa"
+    kind: Literal["chat", "knowledge_base", "embedding"] | None = Field(
+        default=None, description="Extra: what the id is for (chat completions or embeddings).")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- OpenAI embeddings -------------------------------------------------------------------------------------------
+class EmbeddingRequest(BaseModel):
+    """`model`: the embedding model's id (GET /v1/models), or `kb:<name>` for the model that knowledge base was
+    built with. `input`: one text or a list of texts (token-id arrays are refused: they would be another
+    tokenizer's ids)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: Short
+    input: Text | Annotated[list[Any], Field(min_length=1, max_length=MAX_INPUTS)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=65536, description="Must equal the model's dimension.")
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32 values.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens by the embedding model's own tokenizer.")
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingUsage
 
 
 # -- knowledge bases ---------------------------------------------------------------------------------------------
@@ -200,7 +285,7 @@ class Deleted(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+    query: Annotated[str, StringConstraints(min_length=1, max_length=10_000), Unicode]
     top_k: int | None = Field(default=None, ge=1, le=100)
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 

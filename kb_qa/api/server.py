@@ -1,9 +1,10 @@
 """`create_app()`: the FastAPI application over one `kb_qa.app.App`.
 
 Layers, outermost first: CORS (only when `api.cors_origins` is set) -> API key (every path but /health, when
-`api.api_key` is set) -> request-body limit (`api.max_request_mb`, 413) -> routes. Every error is JSON
-`{"detail": ...}`: the store's and the naming module's exceptions map to 400/404/409, a full generation queue to
-503, anything unexpected to 500 (logged; the process keeps serving).
+`api.api_key` is set) -> request-body limit (`api.max_request_mb`, 413) -> routes. Every error is OpenAI's
+`{"error": {"message", "type", "param", "code"}}` (kb_qa.api.errors): validation 400 naming the parameter, the
+store's and the naming module's exceptions 400/404/409 by class, a full generation queue 429 and a timed-out wait
+503 (both with Retry-After), anything unexpected 500 (logged; the process keeps serving).
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kb_qa.api.capacity import Overloaded
 from kb_qa.api.context import ApiContext
-from kb_qa.api.engine import BadRequest, Engine, LLMUnavailable
+from kb_qa.api.engine import Engine
+from kb_qa.api.errors import ApiError, classify, error_response, param_of
 from kb_qa.api.middleware import OPEN_PATHS, APIKeyMiddleware, BodyLimitMiddleware
 from kb_qa.api.models import errors
-from kb_qa.api.routes import chat, health, knowledge_bases
+from kb_qa.api.routes import chat, embeddings, health, knowledge_bases, openai_chat
 from kb_qa.app import App
-from kb_qa.naming import InvalidName
+from kb_qa.errors import KbQaError
 from kb_qa.settings import Settings, load_settings
-from kb_qa.store import EmbeddingMismatch, KnowledgeBaseBusy, KnowledgeBaseError, KnowledgeBaseNotFound
+from kb_qa.store import KnowledgeBaseError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def create_app(app: App | None = None, settings: Settings | None = None, *, lock
     common = errors(*([401] if api_settings.api_key else []), 413, 500)  # from the middleware / any route
     api.include_router(health.router)
     api.include_router(chat.router, responses=common)
+    api.include_router(openai_chat.router, responses=common)
+    api.include_router(embeddings.router, responses=common)
     api.include_router(knowledge_bases.router, responses=common)
     _add_error_handlers(api)
 
@@ -89,16 +93,6 @@ def create_app(app: App | None = None, settings: Settings | None = None, *, lock
     return api
 
 
-# Errors of modules the API does not import up front (they pull in torch), by qualified class name.
-LAZY_ERRORS = {
-    "kb_qa.qa.packing.ContextTooLong": 400,
-    "pydantic_core._pydantic_core.ValidationError": 422,
-    "kb_qa.llm.generation.PromptTooLongError": 400,
-    "kb_qa.llm.generation.GenerationOOMError": 503,
-    "kb_qa.llm.generation.GenerationError": 500,
-}
-
-
 def _preload(ctx: ApiContext) -> None:
     try:
         ctx.app.embeddings  # noqa: B018 - loads the cached model
@@ -107,50 +101,34 @@ def _preload(ctx: ApiContext) -> None:
     ctx.engine.llm()
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-def _handler(status: int):
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        return _error(status, str(exc))
-
-    return handle
-
-
 def _add_error_handlers(api: FastAPI) -> None:
-    from kb_qa.embeddings import EmbeddingModelNotFound
-    from kb_qa.uploads import UploadRejected
+    """Every error leaves in OpenAI's shape (kb_qa.api.errors): validation as 400 naming the parameter, HTTP
+    errors with their status, known exceptions by class, anything else a logged 500."""
 
-    status_of = [
-        (KnowledgeBaseNotFound, 404),
-        (KnowledgeBaseBusy, 409),
-        (EmbeddingMismatch, 409),
-        (InvalidName, 400),
-        (UploadRejected, 400),
-        (BadRequest, 400),
-        (LLMUnavailable, 503),
-        (EmbeddingModelNotFound, 503),
-    ]
-    for exc_type, status in status_of:
-        api.add_exception_handler(exc_type, _handler(status))
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        param = param_of(first.get("loc", ()))
+        message = first.get("msg", "invalid request")
+        message = f"{param}: {message}" if param else message
+        return error_response(ApiError(400, message, param=param, code=first.get("type", "invalid_value")))
 
-    @api.exception_handler(Overloaded)
-    async def overloaded(_request: Request, exc: Overloaded):
-        return _error(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        return error_response(ApiError(exc.status_code, str(exc.detail), code=code,
+                                       headers=dict(exc.headers or {})))
 
-    @api.exception_handler(KnowledgeBaseError)
-    async def kb_error(_request: Request, exc: KnowledgeBaseError):
-        log.error("knowledge base error: %s", exc)
-        return _error(500, str(exc))
+    async def by_class(request: Request, exc: Exception):
+        error = classify(exc)
+        if error is None:
+            log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            error = ApiError(500, f"internal error ({type(exc).__name__}); see the server log", code="internal_error")
+        elif error.status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(error)
 
-    @api.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        for cls in type(exc).__mro__:  # errors of lazily imported modules (torch-heavy), matched by name
-            status = LAZY_ERRORS.get(f"{cls.__module__}.{cls.__qualname__}")
-            if status is not None:
-                if status >= 500:
-                    log.error("%s %s: %s", request.method, request.url.path, exc)
-                return _error(status, str(exc))
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+    # The exception families routes raise are handled inside the app (answered, logged once); `Exception` is the
+    # last resort, which Starlette also re-raises to the server after answering.
+    for family in (ApiError, KbQaError, KnowledgeBaseError, ValueError, RuntimeError, OSError, Exception):
+        api.add_exception_handler(family, by_class)

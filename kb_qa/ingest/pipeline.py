@@ -205,8 +205,7 @@ def ingest(
 
 def kb_documents_gone(writer) -> list[str]:
     """Documents whose original file no longer exists (documents without a recorded origin are kept)."""
-    rows = writer.conn.execute("SELECT source, origin FROM documents ORDER BY source").fetchall()
-    return [source for source, origin in rows if origin and not Path(origin).exists()]
+    return [d.source for d in writer.documents() if d.origin and not Path(d.origin).exists()]
 
 
 def _prepare(cand: _Candidate, writer, max_bytes: int, pending_by_sha: dict[str, _Pending],

@@ -81,7 +81,8 @@ def split_sections(sections: list[Section], source: str, *, chunk_size: int = 30
     for section in sections:
         for start, end in split_text(section.text, chunk_size=chunk_size, chunk_overlap=chunk_overlap):
             chunks.append(Chunk(text=section.text[start:end], source=source, page=section.page,
-                                heading=section.heading, start=start, end=end, ordinal=len(chunks)))
+                                heading=section.heading, start=start, end=end, ordinal=len(chunks),
+                                ocr=section.ocr))
     return chunks
 
 

@@ -39,8 +39,10 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None,
-                       max_shard_bytes: int = 2 * 1024**3, fast_tokenizer: bool = True) -> Path:
-    """Write the converted folder; returns DST. `dtype` None keeps the checkpoint's (fp16 for chatglm2-6b)."""
+                       max_shard_bytes: int = 2 * 1024**3, fast_tokenizer: bool = True,
+                       adapter: str | os.PathLike | None = None) -> Path:
+    """Write the converted folder; returns DST. `dtype` None keeps the checkpoint's (fp16 for chatglm2-6b).
+    `adapter`: a PEFT LoRA folder merged into the written weights (adapters.py)."""
     from safetensors.torch import save_file
 
     from kb_qa.llm.weights import iter_converted_tensors
@@ -52,6 +54,11 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     if tokenizer.vocab_size > cfg.padded_vocab_size:
         raise ValueError(f"{src}: tokenizer has {tokenizer.vocab_size} ids, more than padded_vocab_size")
     target_dtype = _DTYPES[dtype] if dtype else None
+    deltas = {}
+    if adapter:
+        from kb_qa.llm.adapters import native_deltas
+
+        deltas = native_deltas(adapter, cfg)
 
     dst.mkdir(parents=True, exist_ok=True)
     tmp = dst / ".converting"
@@ -72,6 +79,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
 
     for name, tensor in iter_converted_tensors(src, cfg):
         # clone: q/k/v are views of one source tensor, and safetensors refuses shared storage
+        if name in deltas:  # sum in fp32, one rounding to the stored dtype
+            tensor = (tensor.float() + deltas.pop(name)).to(tensor.dtype)
         tensor = tensor.to(dtype=target_dtype or tensor.dtype).contiguous().clone()
         size = tensor.numel() * tensor.element_size()
         if shard and shard_bytes + size > max_shard_bytes:
@@ -80,6 +89,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
         shard_bytes += size
         total += size
     flush()
+    if deltas:
+        raise ValueError(f"{adapter}: adapter targets weights the checkpoint lacks: {', '.join(sorted(deltas)[:3])}")
 
     count = len(shard_files)
     for i, (part, names) in enumerate(shard_files, start=1):
@@ -219,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  python -m kb_qa.llm.convert ~/models/chatglm2-6b ~/models/chatglm2-6b-glm\n"
         "  python -m kb_qa.llm.convert ~/models/chatglm2-6b /data/glm --dtype bfloat16 --shard-gb 5\n"
-        "then: vllm serve ~/models/chatglm2-6b-glm   or   GlmForCausalLM.from_pretrained(DST)",
+        "  python -m kb_qa.llm.convert ~/models/chatglm2-6b ~/models/merged --merge-adapter ~/lora/checkpoint-1000\n"
+        "  python -m kb_qa.llm.convert ~/models/chatglm2-6b-int4 ~/models/chatglm2-gguf --gguf q4_0\n"
+        "then: vllm serve ~/models/chatglm2-6b-glm   or   GlmForCausalLM.from_pretrained(DST)\n"
+        "      or llm.backend=llamacpp with llm.model_path=~/models/chatglm2-gguf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("src", help="ChatGLM2 checkpoint folder (config.json, tokenizer.model, pytorch_model*.bin)")
@@ -227,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(_DTYPES), help="store weights in this dtype (default: as in SRC)")
     parser.add_argument("--shard-gb", type=float, default=2.0, help="largest output shard in GiB (default 2)")
     parser.add_argument("--no-fast-tokenizer", action="store_true", help="copy tokenizer.model only")
+    parser.add_argument("--gguf", choices=("f16", "q8_0", "q4_0"),
+                        help="write DST/chatglm2-<type>.gguf for llm.backend=llamacpp instead of a transformers folder")
+    parser.add_argument("--merge-adapter", metavar="ADAPTER", help="PEFT LoRA adapter folder to merge into the weights")
     return parser
 
 
@@ -235,9 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from kb_qa.llm.config import UnsupportedCheckpointError
 
+    if args.gguf and args.merge_adapter:
+        print("error: --merge-adapter and --gguf: merge into a folder first, then run --gguf on it", file=sys.stderr)
+        return 2
     try:
+        if args.gguf:
+            from kb_qa.llm.gguf_export import write_gguf
+
+            print(write_gguf(args.src, args.dst, args.gguf))
+            return 0
         dst = convert_checkpoint(args.src, args.dst, dtype=args.dtype, max_shard_bytes=int(args.shard_gb * 1024**3),
-                                 fast_tokenizer=not args.no_fast_tokenizer)
+                                 fast_tokenizer=not args.no_fast_tokenizer, adapter=args.merge_adapter)
     except (UnsupportedCheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

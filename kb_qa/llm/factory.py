@@ -86,6 +86,10 @@ def retrieval_only_reason(settings) -> str | None:
             return "retrieval-only: llm.backend is 'none'"
         case "openai":
             return None
+        case "llamacpp":
+            if not s.model_path or not Path(s.model_path).expanduser().exists():
+                return f"retrieval-only: llm.backend is 'llamacpp' and model_path {s.model_path!r} does not exist"
+            return None
         case _:
             if not s.model_path:
                 return "retrieval-only: no model_path configured (set llm.model_path or KB_QA_LLM__MODEL_PATH)"
@@ -117,12 +121,14 @@ def resolve_llm(settings, *, static_cache: bool | None = None, compile: bool | N
     match s.backend:
         case "openai":
             handle = _openai_handle(s)
+        case "llamacpp":
+            handle = _llamacpp_handle(s)
         case "chatglm2":
             handle = _chatglm2_handle(s, static_cache=static_cache, compile=compile, free_memory=free_memory)
             if generation_lock is not None:
                 handle.generator.lock = generation_lock
         case other:
-            raise ValueError(f"llm.backend={other!r}: expected 'chatglm2', 'openai' or 'none'")
+            raise ValueError(f"llm.backend={other!r}: expected 'chatglm2', 'llamacpp', 'openai' or 'none'")
     log.info("answering model: %s", handle.describe())
     return handle, handle.describe()
 
@@ -137,7 +143,8 @@ def _chatglm2_handle(s, *, static_cache: bool, compile: bool | None, free_memory
     from kb_qa.llm.loader import load_chatglm2
 
     loaded = load_chatglm2(s.model_path, device=s.device, dtype=s.dtype, quantization=s.quantization,
-                           max_context_tokens=s.max_context_tokens, free_memory=free_memory)
+                           max_context_tokens=s.max_context_tokens, free_memory=free_memory,
+                           adapter=getattr(s, "adapter", None))
     generator = ChatGLM2Generator(loaded.model, loaded.tokenizer, params=SamplingParams.from_settings(s),
                                   max_context_tokens=s.max_context_tokens, static_cache=static_cache,
                                   compile=compile)
@@ -146,6 +153,14 @@ def _chatglm2_handle(s, *, static_cache: bool, compile: bool | None, free_memory
         max_new_tokens=s.max_new_tokens, description=loaded.describe(),
         generator=generator, loaded=loaded,
     )
+
+
+def _llamacpp_handle(s) -> LLMHandle:
+    from kb_qa.llm.llamacpp_backend import LlamaCppGenerator
+
+    generator = LlamaCppGenerator.from_settings(s)
+    return LLMHandle(backend="llamacpp", tokenizer=generator.tokenizer, max_context_tokens=s.max_context_tokens,
+                     max_new_tokens=s.max_new_tokens, description=generator.describe(), generator=generator)
 
 
 def _openai_handle(s) -> LLMHandle:

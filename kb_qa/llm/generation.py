@@ -142,12 +142,23 @@ class ChatGLM2Generator:
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=None,
         )
+        prefix = getattr(self.model, "kb_qa_prefix", None)  # P-tuning v2 (prefix.py)
+        if prefix is not None:
+            if self.static_cache:
+                raise GenerationError("a P-tuning prefix needs the dynamic cache: set llm.static_cache=false")
+            # generate takes the cache's P entries as already-seen tokens: P placeholder ids (never read), the mask
+            # extended over the prefix, positions from P (the prefix keys are rotated to make that exact).
+            p, b = prefix.length, input_ids.shape[0]
+            input_ids = torch.cat([input_ids.new_full((b, p), self.tokenizer.pad_token_id), input_ids], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones((b, p)), attention_mask], dim=1)
         kwargs = dict(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
             logits_processor=LogitsProcessorList([InvalidScoreGuard()]),
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
         )
-        if self.static_cache:
+        if prefix is not None:
+            kwargs["past_key_values"] = prefix.cache(input_ids.shape[0])
+        elif self.static_cache:
             kwargs["past_key_values"] = self._static_cache(input_ids.shape[0])
             if not self.compile:
                 config.disable_compile = True
@@ -188,14 +199,19 @@ class ChatGLM2Generator:
                 "context or llm.max_new_tokens, or load with llm.quantization=int8/int4; the cache was freed"
             ) from error
 
-    def stream(self, prompt: str, **overrides) -> Iterator[str]:
-        """Answer text pieces for `prompt` (a complete ChatGLM2 prompt string) as they are generated."""
+    def stream(self, prompt: str, *, seed: int | None = None, on_finish=None, **overrides) -> Iterator[str]:
+        """Answer text pieces for `prompt` (a complete ChatGLM2 prompt string) as they are generated.
+
+        `seed`: torch's RNG is seeded with it under the model's lock, right before sampling (reproducible answers).
+        `on_finish(generated_tokens, finish_reason)`: called once the answer is complete, before its last piece;
+        finish_reason is 'stop' (end token or stop string) or 'length' (max_new_tokens or the window)."""
         params = self.params.updated(**overrides)
         ids = self.encode_prompt(prompt)
         self._budget(len(ids), params)  # fail before taking the lock
-        return self._stream_ids(ids, params)
+        return self._stream_ids(ids, params, seed, on_finish)
 
-    def _stream_ids(self, ids: list[int], params: SamplingParams) -> Iterator[str]:
+    def _stream_ids(self, ids: list[int], params: SamplingParams, seed: int | None = None,
+                    on_finish=None) -> Iterator[str]:
         cancel = threading.Event()
         streamer = _TokenQueue()
         decoder = IncrementalDecoder(self.tokenizer)
@@ -206,6 +222,8 @@ class ChatGLM2Generator:
 
             def work() -> None:
                 try:
+                    if seed is not None:
+                        torch.manual_seed(seed)
                     self._run_generate(kwargs)
                 except BaseException as error:  # handed to the reader, which re-raises it
                     streamer.fail(error)
@@ -213,6 +231,7 @@ class ChatGLM2Generator:
                     streamer.end()
 
             done = self._worker.submit(work)
+            generated, ended = 0, False  # answer tokens (end token not counted); whether the end token came
             try:
                 while True:
                     item = streamer.queue.get()
@@ -221,6 +240,8 @@ class ChatGLM2Generator:
                     if isinstance(item, BaseException):
                         raise item
                     ids_new = [i for i in item if i != self.tokenizer.eos_token_id]
+                    generated += len(ids_new)
+                    ended = ended or len(ids_new) < len(item)
                     piece = assembler.feed(decoder.push(ids_new))
                     if piece:
                         yield piece
@@ -228,6 +249,8 @@ class ChatGLM2Generator:
                         cancel.set()
                         break
                 tail = assembler.feed(decoder.flush()) + assembler.finish()
+                if on_finish is not None:
+                    on_finish(generated, "stop" if ended or assembler.stopped else "length")
                 if tail:
                     yield tail
             finally:
@@ -249,7 +272,8 @@ class ChatGLM2Generator:
             kwargs = self._generation_kwargs(input_ids, attention_mask, params, threading.Event())
             output = self._worker.submit(self._run_generate, kwargs).result()
         answers = []
-        for row in output[:, input_ids.shape[1]:].tolist():
+        prompt_width = kwargs["input_ids"].shape[1] if kwargs else input_ids.shape[1]  # + a P-tuning prefix
+        for row in output[:, prompt_width:].tolist():
             if self.tokenizer.eos_token_id in row:
                 row = row[: row.index(self.tokenizer.eos_token_id)]
             text, _ = apply_stop(process_response(self.tokenizer.decode(row)), params.stop)

@@ -307,12 +307,39 @@ def _plan_devices(model, glm_config, *, device: torch.device, device_setting: st
 
 def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto",
                   quantization: str = "none", max_context_tokens: int = 8192, free_memory=None,
-                  prequantized: str = "auto") -> LoadedModel:
+                  prequantized: str = "auto", adapter: str | os.PathLike | None = None) -> LoadedModel:
     """Load a ChatGLM2 checkpoint (original or converted folder, or cached repo id) as GlmForCausalLM.
 
     `free_memory(device) -> bytes | None` is the probe used by the memory check (tests pass a fake one).
     `prequantized` (official int4/int8 checkpoints only): 'auto' = 'packed' on CUDA, 'dequantize' elsewhere.
+    `adapter`: a PEFT LoRA folder merged into the weights after loading (adapters.py).
     """
+    loaded = _load(model_path, device=device, dtype=dtype, quantization=quantization,
+                   max_context_tokens=max_context_tokens, free_memory=free_memory, prequantized=prequantized)
+    if adapter and _is_ptuning(adapter):
+        from kb_qa.llm.prefix import load_prefix
+
+        loaded.model.kb_qa_prefix = load_prefix(adapter, loaded.model)  # read by ChatGLM2Generator
+        loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"p-tuning {Path(adapter).name}"]))
+    elif adapter:
+        from kb_qa.llm.adapters import apply_adapter
+
+        if loaded.quantization != "none":
+            raise ModelLoadError(f"llm.adapter needs full-precision weights, the model is {loaded.quantization}; "
+                                 "merge it first: python -m kb_qa.llm.convert SRC DST --merge-adapter ADAPTER")
+        apply_adapter(loaded.model, adapter)
+        loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"adapter {Path(adapter).name}"]))
+    return loaded
+
+
+def _is_ptuning(adapter) -> bool:
+    from kb_qa.llm.prefix import is_ptuning_folder
+
+    return is_ptuning_folder(Path(adapter).expanduser())
+
+
+def _load(model_path, *, device: str, dtype: str, quantization: str, max_context_tokens: int, free_memory,
+          prequantized: str) -> LoadedModel:
     free_memory = free_memory or free_memory_bytes
     folder = resolve_model_path(model_path)
     if folder is None:

@@ -119,8 +119,10 @@ class QAChain:
         return result
 
     def stream_answer(self, question: str, history: History = (), kbs: str | Sequence[str] | None = None, *,
-                      overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None
-                      ) -> Generator[str | Answer, None, Answer]:
+                      overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None,
+                      on_sources=None) -> Generator[str | Answer, None, Answer]:
+        """`on_sources(sources, query)`: called once the passages are chosen, before generation starts (the web
+        page shows them, and keeps them if the user stops the answer half-way)."""
         started = time.perf_counter()
         settings = apply_overrides(self.app.settings, overrides)
         prompts = self.prompts(settings)
@@ -148,7 +150,7 @@ class QAChain:
         if not sources:
             if settings.qa.no_answer_mode == "chat" and lc is not None:
                 return (yield from self._generate(question, [], history, settings, prompts, timings, started,
-                                                  query, mode="chat"))
+                                                  query, mode="chat", on_sources=on_sources))
             text = prompts.no_answer
             yield text
             result = Answer(question, text, [], mode="no-answer", query=query,
@@ -170,9 +172,10 @@ class QAChain:
             return result
 
         return (yield from self._generate(question, sources, history, settings, prompts, timings, started, query,
-                                          mode="llm"))
+                                          mode="llm", on_sources=on_sources))
 
-    def _generate(self, question, sources, history, settings, prompts, timings, started, query, *, mode):
+    def _generate(self, question, sources, history, settings, prompts, timings, started, query, *, mode,
+                  on_sources=None):
         lc, _ = _llm_parts(self.llm)
         t = time.perf_counter()
         if mode == "chat":
@@ -182,6 +185,8 @@ class QAChain:
             packed = self.pack(question, sources, history, settings)
             kept = [replace(s, text=text) for s, (_, text) in zip(sources, packed.passages)]
         timings["packing"] = _ms(t)
+        if on_sources is not None:
+            on_sources(kept, query)
         for note in packed.notes:
             log.info("%s", note)
         t = time.perf_counter()
@@ -213,10 +218,11 @@ class QAChain:
 
 
 def stream_answer(app, question: str, *, kbs: str | Sequence[str] | None = None, history: History = (),
-                  llm=None, overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None
-                  ) -> Generator[str | Answer, None, Answer]:
+                  llm=None, overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None,
+                  on_sources=None) -> Generator[str | Answer, None, Answer]:
     """Text pieces, then the final `Answer` (last item, and the return value). See the module docstring."""
-    return QAChain(app, llm).stream_answer(question, history, kbs, overrides=overrides, files=files)
+    return QAChain(app, llm).stream_answer(question, history, kbs, overrides=overrides, files=files,
+                                           on_sources=on_sources)
 
 
 def answer(app, question: str, *, kbs: str | Sequence[str] | None = None, history: History = (), llm=None,

@@ -1,7 +1,7 @@
 """Keyword side of retrieval: BM25 candidates from the knowledge base's FTS5 index, and a keyword similarity in [0, 1].
 
 Ranking uses SQLite FTS5's `bm25()` (k1 = 1.2, b = 0.75) over the jieba / word terms written at ingest
-(`kb_qa.retrieval.terms`), so nothing is rebuilt per question. BM25 is unbounded and its scale depends on the
+(`kb_qa.store.terms`), so nothing is rebuilt per question. BM25 is unbounded and its scale depends on the
 question and the corpus, so it is not what a threshold is compared with. The keyword *similarity* of a chunk is
 
     keyword_score(q, c) = sum(idf(t) for t in T(q) if t in c) / sum(idf(t) for t in T(q))        in [0, 1]
@@ -11,21 +11,17 @@ the knowledge base, n_t of them containing t; always > 0). It reads: "the chunk 
 carry this share of the question's information". 1.0 = every term of the question occurs in the chunk; frequent words
 ("的", "the") weigh little, rare ones (names, numbers) weigh much.
 
-Deliberately not here: fusion with the dense side (fusion.py) and anything per-question that would scan the corpus.
-Document frequencies are read from FTS5's own term index (an `fts5vocab` table in the connection's temp schema).
+Deliberately not here: fusion with the dense side (fusion.py), anything per-question that would scan the corpus,
+and any SQL: candidates, N, document frequencies (FTS5's own term index) and stored terms come from the store's
+methods (`kb.keyword_search`, `kb.chunk_count`, `kb.document_frequencies`, `kb.chunk_terms`).
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 
-from kb_qa.retrieval.terms import fts_query, search_terms
-
-_VOCAB = "kb_qa_chunk_vocab"  # temp-schema fts5vocab table over chunk_terms, one per connection
-_lock = threading.Lock()
+from kb_qa.store.terms import search_terms
 
 
 def query_terms(text: str) -> list[str]:
@@ -35,53 +31,12 @@ def query_terms(text: str) -> list[str]:
 
 def keyword_candidates(kb, text: str, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
     """[(chunk id, BM25 >= 0)] best first, at most `k`; with `allowed`, only those chunk ids."""
-    if k <= 0:
+    if k <= 0 or (allowed is not None and not allowed):
         return []
-    if allowed is None:
-        return kb.keyword_search(text, k)
-    if not allowed:
+    terms = query_terms(text)
+    if not terms:
         return []
-    match = fts_query(text)
-    if match is None:
-        return []
-    out: list[tuple[int, float]] = []
-    ids = sorted(allowed)
-    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-        part = ids[start:start + 500]
-        marks = ",".join("?" * len(part))
-        rows = kb.conn.execute(
-            f"SELECT rowid, bm25(chunk_terms) FROM chunk_terms WHERE chunk_terms MATCH ? AND rowid IN ({marks})",
-            (match, *part))
-        out.extend((int(r), -float(s)) for r, s in rows)  # FTS5's bm25() is negated: lower = better
-    out.sort(key=lambda pair: -pair[1])
-    return out[:k]
-
-
-def _document_frequencies(conn, terms: Sequence[str]) -> dict[str, int]:
-    """{term: chunks containing it}, from FTS5's term index via a temp fts5vocab table (created once per
-    connection, in the temp schema: nothing is written to the knowledge base)."""
-    marks = ",".join("?" * len(terms))
-    sql = f"SELECT term, doc FROM temp.{_VOCAB} WHERE term IN ({marks})"
-    try:
-        return dict(conn.execute(sql, tuple(terms)))
-    except sqlite3.OperationalError:
-        with _lock:
-            conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{_VOCAB} USING fts5vocab(main, chunk_terms, row)")
-        return dict(conn.execute(sql, tuple(terms)))
-
-
-_counts: dict[tuple[str, str], int] = {}  # (KB folder, index generation) -> chunks; a commit changes the generation
-
-
-def chunk_count(kb) -> int:
-    """Chunks in the KB (cached per committed generation, so a question never counts a large table)."""
-    conn = kb.conn
-    row = conn.execute("SELECT value FROM meta WHERE key = 'index_generation'").fetchone()
-    key = (str(kb.path), row[0] if row else "0")
-    n = _counts.get(key)
-    if n is None:
-        n = _counts[key] = int(conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-    return n
+    return kb.keyword_search(terms, k, allowed)
 
 
 class TermStats:
@@ -93,10 +48,9 @@ class TermStats:
 
     def __init__(self, kb, terms: Sequence[str]):
         self.terms = list(terms)
-        self.n_docs = chunk_count(kb)
-        df = _document_frequencies(kb.conn, self.terms) if self.terms else {}
+        self.n_docs = kb.chunk_count()  # of the committed version, O(1): the store records it at each commit
+        self.df = kb.document_frequencies(self.terms) if self.terms else {}
         n = self.n_docs
-        self.df = {t: int(df.get(t, 0)) for t in self.terms}
         # idf(t) = ln(1 + (N - n_t + 0.5) / (n_t + 0.5)): > 0 for every term, even one in every chunk
         self.idf = {t: math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for t, d in self.df.items()}
 
@@ -107,23 +61,6 @@ class TermStats:
             idf = math.log((self.n_docs - d + 0.5) / (d + 0.5)) if self.n_docs else 0.0
             total += max(idf, 1e-6) * (self.K1 + 1)  # FTS5 floors idf at 1e-6
         return total
-
-
-def idf_weights(kb, terms: Sequence[str]) -> dict[str, float]:
-    """idf(t) = ln(1 + (N - n_t + 0.5) / (n_t + 0.5)) for each term (N = chunks in the KB)."""
-    return TermStats(kb, terms).idf if terms else {}
-
-
-def chunk_term_texts(kb, ids: Iterable[int]) -> dict[int, str]:
-    """The indexed terms of each chunk as stored at ingest: one string, terms separated by single spaces."""
-    ids = [int(i) for i in ids]
-    out: dict[int, str] = {}
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
-        marks = ",".join("?" * len(part))
-        for rowid, terms in kb.conn.execute(f"SELECT rowid, terms FROM chunk_terms WHERE rowid IN ({marks})", part):
-            out[int(rowid)] = terms
-    return out
 
 
 def keyword_similarity(idf: dict[str, float], chunk_terms: str | set[str]) -> float:
@@ -148,5 +85,5 @@ def keyword_similarities(kb, text: str, ids: Iterable[int], stats: TermStats | N
     stats = stats or TermStats(kb, query_terms(text))
     if not stats.terms:
         return {int(i): 0.0 for i in ids}
-    texts = chunk_term_texts(kb, ids)
+    texts = kb.chunk_terms(ids)
     return {int(i): keyword_similarity(stats.idf, texts.get(int(i), "")) for i in ids}

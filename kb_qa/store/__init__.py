@@ -1,18 +1,22 @@
-"""Knowledge-base storage: SQLite records (source of truth) + a FAISS index file, committed atomically."""
+"""Knowledge-base storage: SQLite records (source of truth) + a FAISS index file, committed atomically.
 
-from kb_qa.store.knowledge_base import (
+The store owns every SQL statement and the keyword analyser (`terms`); nothing outside it opens the database.
+It imports nothing from the layers above it (retrieval, qa, front ends)."""
+
+from kb_qa.store.errors import (
     EmbeddingMismatch,
-    KnowledgeBase,
     KnowledgeBaseBusy,
+    KnowledgeBaseDamaged,
     KnowledgeBaseError,
-    KnowledgeBaseInfo,
     KnowledgeBaseNotFound,
 )
+from kb_qa.store.knowledge_base import KnowledgeBase, KnowledgeBaseInfo
 
 __all__ = [
     "EmbeddingMismatch",
     "KnowledgeBase",
     "KnowledgeBaseBusy",
+    "KnowledgeBaseDamaged",
     "KnowledgeBaseError",
     "KnowledgeBaseInfo",
     "KnowledgeBaseNotFound",

@@ -3,11 +3,10 @@
 Reading needs no lock: SQLite in WAL mode gives each query a consistent snapshot, and the FAISS file of the
 committed generation is complete by construction (see vector_index). Writing takes an exclusive file lock
 (`write.lock`), so two writers (two CLI runs, or the CLI and the web page) never interleave: the second waits up to
-`lock_timeout_s`, then gets `KnowledgeBaseBusy`.
+`lock_timeout_s`, then gets `KnowledgeBaseBusy`. The writing side is `kb_qa.store.writer`.
 
-A write is one atomic commit (`Writer.commit`): all row changes in one SQLite transaction, the new FAISS file
-written and fsynced before the transaction that names it commits. A crash at any point leaves either the previous
-or the new version, loadable and consistent (vector count == chunk rows).
+Every query the rest of the system makes goes through the methods below (retrieval is pure logic over them);
+each search has a batch form and the single form is built on it.
 """
 
 from __future__ import annotations
@@ -15,38 +14,21 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kb_qa.naming import validate_doc_path, validate_kb_name
-from kb_qa.retrieval.terms import fts_document, fts_query
-from kb_qa.schema import Chunk
+from kb_qa.naming import validate_kb_name
 from kb_qa.store import records, vector_index
+from kb_qa.store.errors import KnowledgeBaseBusy, KnowledgeBaseError, KnowledgeBaseNotFound
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "kb.sqlite"
 LOCK_FILE = "write.lock"
-
-
-class KnowledgeBaseError(RuntimeError):
-    pass
-
-
-class KnowledgeBaseNotFound(KnowledgeBaseError):
-    pass
-
-
-class KnowledgeBaseBusy(KnowledgeBaseError):
-    pass
-
-
-class EmbeddingMismatch(KnowledgeBaseError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -72,6 +54,7 @@ class KnowledgeBase:
         self._index = None
         self._index_generation: int | None = None
         self._load_lock = threading.Lock()
+        self._query_lock = threading.Lock()  # the read connection is shared by threads; one statement at a time
 
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -116,39 +99,70 @@ class KnowledgeBase:
         self._index_generation = None
 
     @property
-    def conn(self):
+    def _conn(self):
         if self._read_conn is None:
             self._read_conn = records.connect(self._db)
         return self._read_conn
 
+    def _query(self, fn, *args):
+        """`fn(conn, *args)` on the shared read connection, one at a time."""
+        with self._query_lock:
+            return fn(self._conn, *args)
+
     # -- reading -------------------------------------------------------------------------------------------
     def info(self) -> KnowledgeBaseInfo:
-        c = self.conn
-        dim = records.get_meta(c, "embedding_dim")
-        return KnowledgeBaseInfo(
-            name=self.name,
-            path=self.path,
-            embedding_model=records.get_meta(c, "embedding_model"),
-            dimension=int(dim) if dim else None,
-            documents=c.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
-            chunks=records.count_chunks(c),
-            generation=int(records.get_meta(c, "index_generation", "0")),
-        )
+        def read(c):
+            dim = records.get_meta(c, "embedding_dim")
+            return KnowledgeBaseInfo(
+                name=self.name,
+                path=self.path,
+                embedding_model=records.get_meta(c, "embedding_model"),
+                dimension=int(dim) if dim else None,
+                documents=records.count_documents(c),
+                chunks=records.chunk_count(c),
+                generation=int(records.get_meta(c, "index_generation", "0")),
+            )
+
+        return self._query(read)
+
+    @property
+    def kb_id(self) -> str:
+        """A random id fixed when the KB was created: a KB deleted and re-created under the same name gets a new
+        one (key caches by it, never by name or folder)."""
+        return self._query(records.get_meta, "kb_id") or f"legacy:{self.path}"
+
+    def chunk_count(self) -> int:
+        """Chunks in the committed version (recorded at commit: O(1), safe to call per question)."""
+        return self._query(records.chunk_count)
 
     def documents(self) -> list[records.DocumentRecord]:
-        return records.documents(self.conn)
+        return self._query(records.documents)
 
     def document(self, source: str) -> records.DocumentRecord | None:
-        return records.document(self.conn, source)
+        return self._query(records.document, source)
 
     def has_content(self, sha256: str) -> bool:
-        return records.content_exists(self.conn, sha256)
+        return self._query(records.content_exists, sha256)
 
     def get_chunks(self, ids: Iterable[int]) -> dict[int, records.ChunkRecord]:
-        return records.get_chunks(self.conn, ids)
+        return self._query(records.get_chunks, ids)
 
     def chunk_ids_for_sources(self, sources: Iterable[str]) -> set[int]:
-        return records.chunk_ids_for_sources(self.conn, sources)
+        return self._query(records.chunk_ids_for_sources, sources)
+
+    def chunk_vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """{chunk id: stored vector float32 [dim]} for the ids that exist (for exact cosines of candidates)."""
+        return self._query(records.chunk_vectors, ids)
+
+    def chunk_terms(self, ids: Iterable[int]) -> dict[int, str]:
+        """{chunk id: its indexed terms, space-separated} as written at ingest by `store.terms.fts_document`."""
+        return self._query(records.chunk_terms, ids)
+
+    def document_frequencies(self, terms: Iterable[str]) -> dict[str, int]:
+        """{term: number of chunks containing it} for the given terms (0 for unknown terms)."""
+        terms = list(dict.fromkeys(terms))
+        found = self._query(records.document_frequencies, terms)
+        return {t: int(found.get(t, 0)) for t in terms}
 
     def get_meta(self, key: str) -> str | None:
         """A value other components keep in the KB's meta table (e.g. the retrieval calibration)."""
@@ -168,23 +182,41 @@ class KnowledgeBase:
 
     def check_embedding(self, model: str, dim: int | None = None) -> None:
         """Refuse to mix embedding models or dimensions in one index."""
-        _check_embedding(self.conn, self.name, model, dim)
+        from kb_qa.store.writer import check_embedding
 
-    def dense_search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """[(chunk id, cosine similarity)] per query vector, best first."""
-        return vector_index.search(self._current_index(), queries, k)
+        self._query(check_embedding, self.name, model, dim)
 
-    def keyword_search(self, text: str, k: int) -> list[tuple[int, float]]:
-        """[(chunk id, BM25 score)] for the question `text`, best first."""
-        match = fts_query(text)
-        if match is None:
-            return []
-        return records.keyword_search(self.conn, match, k)
+    # -- searching -----------------------------------------------------------------------------------------
+    def dense_search_batch(self, queries: np.ndarray, k: int, allowed: Collection[int] | None = None
+                           ) -> list[list[tuple[int, float]]]:
+        """[(chunk id, cosine similarity)] per query vector (float32 [n, dim]), best first, at most `k`; with
+        `allowed`, only those chunk ids."""
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            raise ValueError("dense_search_batch takes a matrix of query vectors [n, dim]; use dense_search")
+        return vector_index.search(self._current_index(), queries, k, allowed)
 
+    def dense_search(self, query: np.ndarray, k: int, allowed: Collection[int] | None = None
+                     ) -> list[tuple[int, float]]:
+        return self.dense_search_batch(np.asarray(query, dtype=np.float32).reshape(1, -1), k, allowed)[0]
+
+    def keyword_search_batch(self, term_lists: Sequence[Sequence[str]], k: int,
+                             allowed: Collection[int] | None = None) -> list[list[tuple[int, float]]]:
+        """[(chunk id, BM25 >= 0, higher = better)] per list of search terms (from `store.terms.search_terms`),
+        best first, at most `k`; with `allowed`, only those chunk ids."""
+        return [self._query(records.keyword_search, terms, k, allowed) for terms in term_lists]
+
+    def keyword_search(self, terms: Sequence[str], k: int, allowed: Collection[int] | None = None
+                       ) -> list[tuple[int, float]]:
+        if isinstance(terms, str):
+            raise TypeError("keyword_search takes search terms (kb_qa.store.terms.search_terms), not text")
+        return self.keyword_search_batch([terms], k, allowed)[0]
+
+    # -- the vector index ----------------------------------------------------------------------------------
     def _current_index(self):
         """The FAISS index of the committed generation; reloaded when another commit happened since."""
-        with self._load_lock:
-            c = self.conn
+        with self._load_lock, self._query_lock:
+            c = self._conn
             for attempt in range(5):
                 c.execute("BEGIN")  # one snapshot for meta + count + vectors
                 try:
@@ -199,7 +231,7 @@ class KnowledgeBase:
                         path, records.get_meta(c, "index_sha256"), records.count_chunks(c), int(dim))
                     rebuilt = False
                     if index is None and (path.exists() or attempt == 4):
-                        index, rebuilt = self._rebuild_in_memory(c, int(dim)), True
+                        index, rebuilt = vector_index.from_vectors(records.iter_vectors(c, int(dim)), int(dim)), True
                 finally:
                     c.execute("COMMIT")
                 if index is None:
@@ -227,13 +259,6 @@ class KnowledgeBase:
         except KnowledgeBaseBusy:
             pass
 
-    @staticmethod
-    def _rebuild_in_memory(conn, dim: int):
-        index = vector_index.new_index(dim)
-        for ids, vecs in records.iter_vectors(conn, dim):
-            index.add_with_ids(vecs, ids)
-        return index
-
     # -- writing -------------------------------------------------------------------------------------------
     @contextmanager
     def _write_lock(self, timeout_s: float):
@@ -255,181 +280,13 @@ class KnowledgeBase:
     @contextmanager
     def writer(self, *, embedding_model: str | None = None, dimension: int | None = None,
                lock_timeout_s: float = 10.0):
-        """Exclusive write access. Changes become visible only at `Writer.commit()`; leaving the block without
-        committing discards them."""
+        """Exclusive write access (a `kb_qa.store.writer.Writer`). Changes become visible only at
+        `Writer.commit()`; leaving the block without committing discards them."""
+        from kb_qa.store.writer import Writer
+
         with self._write_lock(lock_timeout_s):
             w = Writer(self, embedding_model, dimension)
             try:
                 yield w
             finally:
                 w.close()
-
-
-def _check_embedding(conn, kb_name: str, model: str, dim: int | None) -> None:
-    """`dim` None: check the model name only (before the model is loaded)."""
-    built_model = records.get_meta(conn, "embedding_model")
-    built_dim = records.get_meta(conn, "embedding_dim")
-    if built_model is None or records.count_chunks(conn) == 0:
-        return
-    if built_model != model or (dim is not None and int(built_dim) != dim):
-        raise EmbeddingMismatch(
-            f"knowledge base {kb_name!r} was built with embedding model {built_model!r} ({built_dim} dims), "
-            f"but the configured model is {model!r}{f' ({dim} dims)' if dim else ''}. Vectors of different models cannot be "
-            f"mixed: re-ingest with --rebuild to re-embed it with {model!r}, or set embedding.model back to "
-            f"{built_model!r}."
-        )
-
-
-class Writer:
-    """Accumulates changes in one SQLite transaction; `commit()` makes them durable and visible atomically."""
-
-    def __init__(self, kb: KnowledgeBase, embedding_model: str | None, dimension: int | None):
-        self.kb = kb
-        self.conn = records.connect(kb._db)
-        records.init_schema(self.conn)
-        self.dimension = dimension
-        self.embedding_model = embedding_model
-        self._added: dict[int, np.ndarray] = {}  # chunk id -> vector, since the last commit
-        self._removed: set[int] = set()
-        self._in_tx = False
-        self._cleared = False
-        generation = int(records.get_meta(self.conn, "index_generation", "0"))
-        vector_index.remove_stale_files(kb.path, generation)  # leftovers of a crashed writer
-
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
-            if self.embedding_model is not None and not self._cleared:
-                _check_embedding(self.conn, self.kb.name, self.embedding_model, self.dimension)
-
-    # -- changes -------------------------------------------------------------------------------------------
-    def clear(self) -> None:
-        """Remove every document (for --rebuild); takes effect at commit, with whatever is added after it."""
-        self._cleared = True  # before _begin: a rebuild may switch embedding models
-        self._begin()
-        self._removed.update(r[0] for r in self.conn.execute("SELECT id FROM chunks"))
-        self._added.clear()
-        self.conn.execute("DELETE FROM documents")
-        self.conn.execute("DELETE FROM chunk_terms")
-        self.conn.execute("DELETE FROM chunks")
-        self.conn.execute("DELETE FROM contents")
-        for key in ("embedding_model", "embedding_dim"):
-            self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-
-    def has_content(self, sha256: str) -> bool:
-        self._begin()
-        return records.content_exists(self.conn, sha256)
-
-    def document(self, source: str) -> records.DocumentRecord | None:
-        self._begin()
-        return records.document(self.conn, source)
-
-    def put_document(self, source: str, sha256: str, size: int, origin: str | None,
-                     chunks: list[Chunk] | None = None, vectors: np.ndarray | None = None) -> None:
-        """Point `source` at content `sha256`, storing the content's chunks if it is new. Replaces whatever the
-        path held before (its old chunks go at commit if nothing else shares them)."""
-        source = validate_doc_path(source)
-        self._begin()
-        if not records.content_exists(self.conn, sha256):
-            if chunks is None or vectors is None or len(chunks) != len(vectors) or not chunks:
-                raise ValueError(f"{source}: new content needs its chunks and one vector per chunk")
-            self._record_embedding(int(vectors.shape[1]))
-            terms = [fts_document(c.text) for c in chunks]
-            ids = records.insert_content(self.conn, sha256, chunks, vectors, terms)
-            for chunk_id, vec in zip(ids, vectors):
-                self._added[chunk_id] = vec
-        records.upsert_document(self.conn, source, sha256, size, origin)
-        self._collect_orphans()
-
-    def _record_embedding(self, dim: int) -> None:
-        """The first vectors fix the KB's model and dimension; later ones must match them."""
-        if self.embedding_model is None:
-            raise ValueError("a writer that adds vectors must be given the embedding model's name")
-        if records.get_meta(self.conn, "embedding_model") is None or records.count_chunks(self.conn) == 0:
-            records.set_meta(self.conn, "embedding_model", self.embedding_model)
-            records.set_meta(self.conn, "embedding_dim", str(dim))
-        _check_embedding(self.conn, self.kb.name, self.embedding_model, dim)
-
-    def remove_document(self, source: str) -> bool:
-        source = validate_doc_path(source)
-        self._begin()
-        if records.document(self.conn, source) is None:
-            return False
-        records.delete_document(self.conn, source)
-        self._collect_orphans()
-        return True
-
-    def _collect_orphans(self) -> None:
-        for chunk_id in records.delete_orphan_contents(self.conn):
-            if self._added.pop(chunk_id, None) is None:
-                self._removed.add(chunk_id)
-
-    @property
-    def pending(self) -> bool:
-        return self._in_tx
-
-    # -- commit --------------------------------------------------------------------------------------------
-    def commit(self) -> None:
-        """Make every change since the last commit durable and visible, atomically."""
-        if not self._in_tx:
-            return
-        conn = self.conn
-        dim_text = records.get_meta(conn, "embedding_dim")
-        generation = int(records.get_meta(conn, "index_generation", "0"))
-        new_generation = generation + 1
-        if dim_text is None:  # nothing was ever embedded (e.g. only removals on an empty KB)
-            index = None
-        else:
-            dim = int(dim_text)
-            index = self._next_index(generation, dim)
-        if index is not None:
-            _crash_point("before-index-write")
-            _path, sha = vector_index.write_index(index, self.kb.path, new_generation)
-            _crash_point("after-index-write")
-            records.set_meta(conn, "index_generation", str(new_generation))
-            records.set_meta(conn, "index_sha256", sha)
-            count = records.count_chunks(conn)
-            if index.ntotal != count:  # should be impossible; refuse to commit an inconsistent pair
-                conn.execute("ROLLBACK")
-                self._in_tx = False
-                raise KnowledgeBaseError(f"internal error: index has {index.ntotal} vectors, records {count}")
-        conn.execute("COMMIT")
-        self._in_tx = False
-        _crash_point("after-commit")
-        self._added.clear()
-        self._removed.clear()
-        self._cleared = False
-        if index is not None:
-            vector_index.remove_stale_files(self.kb.path, new_generation)
-
-    def _next_index(self, generation: int, dim: int):
-        """The committed index with this transaction's removals and additions applied (a fresh copy)."""
-        sha = records.get_meta(self.conn, "index_sha256")
-        path = vector_index.index_path(self.kb.path, generation)
-        # The committed count is what the index file must hold: the records now include our uncommitted rows.
-        committed_count = records.count_chunks(self.conn) - len(self._added) + len(self._removed)
-        index = vector_index.read_index(path, sha, committed_count, dim) if generation else None
-        if index is None:
-            # First commit, or the committed file is damaged: derive it from the (uncommitted) records directly.
-            return KnowledgeBase._rebuild_in_memory(self.conn, dim)
-        if self._removed:
-            index.remove_ids(np.fromiter(self._removed, dtype=np.int64))
-        if self._added:
-            ids = np.fromiter(self._added.keys(), dtype=np.int64)
-            index.add_with_ids(np.stack(list(self._added.values())).astype(np.float32), ids)
-        return index
-
-    def close(self) -> None:
-        if self._in_tx:
-            self.conn.execute("ROLLBACK")
-            self._in_tx = False
-        self.conn.close()
-
-
-def _crash_point(name: str) -> None:
-    """Fault injection for the durability tests: KB_QA_CRASH_AT=<name> kills the process here, like a power cut."""
-    import os
-
-    if os.environ.get("KB_QA_CRASH_AT") == name:
-        os._exit(99)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ def connect(path: Path) -> sqlite3.Connection:
 def init_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    # A random id per created KB: a KB deleted and re-created under the same name is a different KB, so nothing
+    # keyed by it (caches) can confuse the two.
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('kb_id', ?)", (uuid.uuid4().hex,))
 
 
 def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
@@ -100,7 +104,18 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 
 def count_chunks(conn: sqlite3.Connection) -> int:
+    """Chunk rows, counted (a scan: O(chunks)). Readers use `chunk_count`, which the commit records in meta."""
     return conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+
+
+def chunk_count(conn: sqlite3.Connection) -> int:
+    """Chunks of the committed version: recorded in meta by every commit (O(1)); counted for older stores."""
+    value = get_meta(conn, "chunk_count")
+    return int(value) if value is not None else count_chunks(conn)
+
+
+def count_documents(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
 
 
 def document(conn: sqlite3.Connection, source: str) -> DocumentRecord | None:
@@ -176,10 +191,6 @@ def iter_vectors(conn: sqlite3.Connection, dim: int, batch: int = 4096) -> Itera
         yield ids, vecs
 
 
-def chunk_texts(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
-    yield from conn.execute("SELECT id, text FROM chunks ORDER BY id")
-
-
 def get_chunks(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, ChunkRecord]:
     ids = [int(i) for i in ids]
     if not ids:
@@ -207,9 +218,80 @@ def chunk_ids_for_sources(conn: sqlite3.Connection, sources: Iterable[str]) -> s
     return ids
 
 
-def keyword_search(conn: sqlite3.Connection, match: str, k: int) -> list[tuple[int, float]]:
-    """BM25 over the FTS5 terms: [(chunk id, bm25 score >= 0, higher = better)], best first."""
-    rows = conn.execute(
-        "SELECT rowid, bm25(chunk_terms) AS s FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY s LIMIT ?",
-        (match, k))
-    return [(int(rowid), -float(score)) for rowid, score in rows]  # FTS5's bm25() is negated: lower = better
+def _in_batches(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
+    """`ids` in lists of at most `size`: stays below SQLite's bound-parameter limit."""
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def fts_match(terms: Iterable[str], max_terms: int = 64) -> str | None:
+    """An FTS5 MATCH expression: the distinct `terms` OR-ed, each quoted so no FTS5 syntax leaks through."""
+    distinct = list(dict.fromkeys(t for t in terms if t))[:max_terms]
+    if not distinct:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in distinct)
+
+
+def keyword_search(conn: sqlite3.Connection, terms: Iterable[str], k: int,
+                   allowed: Iterable[int] | None = None) -> list[tuple[int, float]]:
+    """BM25 over the FTS5 terms: [(chunk id, bm25 score >= 0, higher = better)], best first, at most `k`;
+    with `allowed`, only those chunk ids."""
+    match = fts_match(terms)
+    if match is None or k <= 0:
+        return []
+    # FTS5's bm25() is negated: lower = better.
+    if allowed is None:
+        rows = conn.execute(
+            "SELECT rowid, bm25(chunk_terms) AS s FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY s LIMIT ?",
+            (match, k))
+        return [(int(rowid), -float(score)) for rowid, score in rows]
+    out: list[tuple[int, float]] = []
+    for part in _in_batches(sorted(set(allowed))):
+        marks = ",".join("?" * len(part))
+        rows = conn.execute(
+            f"SELECT rowid, bm25(chunk_terms) FROM chunk_terms WHERE chunk_terms MATCH ? AND rowid IN ({marks})",
+            (match, *part))
+        out.extend((int(r), -float(s)) for r, s in rows)
+    out.sort(key=lambda pair: -pair[1])
+    return out[:k]
+
+
+_VOCAB = "kb_qa_chunk_vocab"  # temp-schema fts5vocab table over chunk_terms, one per connection
+
+
+def document_frequencies(conn: sqlite3.Connection, terms: Iterable[str]) -> dict[str, int]:
+    """{term: chunks containing it} for each of `terms` found, from FTS5's own term index (a temp fts5vocab
+    table, created once per connection in the temp schema: nothing is written to the knowledge base)."""
+    terms = list(dict.fromkeys(terms))
+    if not terms:
+        return {}
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{_VOCAB} USING fts5vocab(main, chunk_terms, row)")
+    out: dict[str, int] = {}
+    for start in range(0, len(terms), 500):
+        part = terms[start:start + 500]
+        marks = ",".join("?" * len(part))
+        out.update(conn.execute(f"SELECT term, doc FROM temp.{_VOCAB} WHERE term IN ({marks})", part))
+    return out
+
+
+def chunk_terms(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:
+    """The indexed terms of each chunk as stored at ingest: one string, terms separated by single spaces."""
+    out: dict[int, str] = {}
+    for part in _in_batches(ids):
+        marks = ",".join("?" * len(part))
+        for rowid, terms in conn.execute(f"SELECT rowid, terms FROM chunk_terms WHERE rowid IN ({marks})", part):
+            out[int(rowid)] = terms
+    return out
+
+
+def chunk_vectors(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, np.ndarray]:
+    """{chunk id: its stored vector (float32 [dim])} for each id that exists."""
+    out: dict[int, np.ndarray] = {}
+    for part in _in_batches(ids):
+        marks = ",".join("?" * len(part))
+        rows = conn.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", part).fetchall()
+        if rows:
+            mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+            out.update((int(cid), mat[i]) for i, (cid, _) in enumerate(rows))
+    return out

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +103,27 @@ def remove_stale_files(folder: Path, keep_generation: int) -> None:
                 pass
 
 
-def search(index, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """[(chunk id, cosine)] per query, best first."""
-    if index is None or index.ntotal == 0:
+def from_vectors(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):
+    """A new index holding every (ids int64 [n], vectors float32 [n, dim]) batch."""
+    index = new_index(dim)
+    for ids, vecs in batches:
+        index.add_with_ids(vecs, ids)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, allowed: Collection[int] | None = None
+           ) -> list[list[tuple[int, float]]]:
+    """[(chunk id, cosine)] per query, best first, at most `k`; with `allowed`, only those ids (FAISS skips the
+    others during the scan: still one exact pass)."""
+    if index is None or index.ntotal == 0 or k <= 0 or (allowed is not None and not allowed):
         return [[] for _ in range(len(queries))]
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
-    return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
-            for row_ids, row_scores in zip(ids, scores)]
+    params = None
+    if allowed is not None:
+        import faiss
+
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.fromiter(allowed, dtype=np.int64)))
+        k = min(k, len(allowed))
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal),
+                               params=params)
+    return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores, strict=True)]

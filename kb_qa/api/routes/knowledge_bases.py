@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from kb_qa.api.context import Ctx, KBPath
 from kb_qa.api.convert import sources_out
+from kb_qa.api.errors import ApiError
 from kb_qa.api.models import (
     Deleted,
     DocumentInfo,
@@ -28,7 +29,7 @@ from kb_qa.api.models import (
     SearchResult,
     errors,
 )
-from kb_qa.naming import InvalidName, validate_doc_path
+from kb_qa.naming import InvalidName, safe_join, validate_doc_path
 from kb_qa.store import KnowledgeBaseNotFound
 
 router = APIRouter(prefix="/knowledge_bases", tags=["knowledge bases"])
@@ -58,7 +59,7 @@ def list_kbs(ctx: Ctx):
 def create_kb(body: KBCreate, ctx: Ctx):
     name = ctx.checked_kb_name(body.name)
     if name in ctx.app.kb_names():
-        raise HTTPException(status.HTTP_409_CONFLICT, f"knowledge base {name!r} already exists")
+        raise ApiError(409, f"knowledge base {name!r} already exists", param="name", code="already_exists")
     return _info(ctx.app.kb(name, create=True))
 
 
@@ -100,10 +101,10 @@ async def upload_documents(name: KBPath, ctx: Ctx, files: Annotated[list[UploadF
         while block := await upload.read(READ_BLOCK):
             data += block
             if len(data) > max_bytes:
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
+                raise ApiError(
+                    413,
                     f"{upload.filename!r} is over the upload limit of {max_bytes / 2**20:g} MiB (ingest.max_file_mb);"
-                    " nothing was stored")
+                    " nothing was stored", param="files", code="file_too_large")
         loaded.append((upload.filename or "", bytes(data)))
     report = await run_in_threadpool(ctx.app.add_uploads, name, loaded, lock_timeout_s=ctx.lock_timeout_s)
     return IngestResult(
@@ -120,8 +121,11 @@ def remove_document(source: str, name: KBPath, ctx: Ctx):
     if len(source.encode("utf-8", "surrogatepass")) > 4096:
         raise InvalidName("document path is too long")
     source = validate_doc_path(source)
+    # Every check that can refuse (400) runs before anything is removed: a stored file that resolves outside the
+    # knowledge base's folder (a planted symlink) refuses the request with the index and the file untouched.
+    safe_join((Path(ctx.app.docs_root) / name).resolve(), source)
     if not ctx.app.remove_document(name, source, lock_timeout_s=ctx.lock_timeout_s):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"knowledge base {name!r} has no document {source!r}")
+        raise ApiError(404, f"knowledge base {name!r} has no document {source!r}", code="document_not_found")
     return Deleted(deleted=source)
 
 

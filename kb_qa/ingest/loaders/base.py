@@ -69,7 +69,8 @@ def safe_xml_parser():
 LABELS = {".pdf": "PDF", ".docx": "DOCX", ".pptx": "PPTX", ".xlsx": "XLSX", ".odt": "ODT", ".epub": "EPUB",
           ".rtf": "RTF", ".eml": "e-mail", ".xml": "XML", ".json": "JSON", ".jsonl": "JSON Lines",
           ".csv": "CSV", ".tsv": "TSV", ".html": "HTML", ".htm": "HTML", ".xhtml": "XHTML", ".md": "Markdown",
-          ".markdown": "Markdown", ".txt": "text", ".text": "text"}
+          ".markdown": "Markdown", ".txt": "text", ".text": "text", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
+          ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WebP"}
 
 
 def human_size(size: int) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 
+from kb_qa.ingest.limits import check_pages, current_options
 from kb_qa.ingest.loaders.base import LoadError, shorten
+from kb_qa.ingest.ocr import MIN_TEXT_LAYER_CHARS, ocr_pages, open_image
 from kb_qa.schema import Section
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,13 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
         raise LoadError(name, f"corrupt or truncated PDF ({type(exc).__name__}: {shorten(str(exc))})") from exc
     if not pages:
         raise LoadError(name, "empty document (the PDF has no pages)")
+    options = current_options.get()
+    check_pages(len(pages), name, options.limits)
     headings = _pdf_outline_headings(reader)
     sections: list[Section] = []
     unreadable = 0
     current_heading: str | None = None
+    to_ocr: list[int] = []  # page numbers with no (or almost no) text layer, or every page when forced
     for number, page in enumerate(pages, start=1):
         first_on_page, last_on_page = headings.get(number, (None, None))
         heading = first_on_page or current_heading
@@ -46,13 +51,51 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
             unreadable += 1
             continue
         text = _join_word_per_line(text)
+        has_layer = len("".join(text.split())) >= MIN_TEXT_LAYER_CHARS
+        if options.ocr == "force" or (options.ocr == "auto" and not has_layer):
+            if _has_images(page):
+                to_ocr.append(number)
+                if options.ocr == "force" or not text.strip():
+                    continue
         if text.strip():
             sections.append(Section(text, page=number, heading=heading))
+    if to_ocr:
+        ocr_sections = ocr_pages(((n, _page_images(pages[n - 1], name, n)) for n in to_ocr), len(to_ocr))
+        sections = sorted(sections + ocr_sections, key=lambda s: s.page or 0)
     if not sections:
         if unreadable == len(pages):
             raise LoadError(name, "corrupt PDF: no page could be read")
-        raise LoadError(name, "no text layer (scanned?): OCR is not configured")
+        if options.ocr == "off":
+            raise LoadError(name, "no text layer (scanned?): OCR is not configured (set ingest.ocr: auto)")
+        raise LoadError(name, "no text layer and no text found by OCR in its images" if to_ocr else
+                              "no text layer (and no images to OCR)")
     return sections
+
+
+def _has_images(page) -> bool:
+    try:
+        resources = page.get("/Resources") or {}
+        xobjects = resources.get_object().get("/XObject") if resources else None
+        if not xobjects:
+            return False
+        return any(xobjects[key].get_object().get("/Subtype") == "/Image" or
+                   xobjects[key].get_object().get("/Subtype") == "/Form" for key in xobjects.get_object())
+    except Exception:  # noqa: BLE001 - a damaged resource dictionary: let the image extraction decide
+        return True
+
+
+def _page_images(page, name: str, number: int) -> list:
+    """The page's images as RGB PIL images, largest first (a scan is one image covering the page)."""
+    images = []
+    try:
+        for image_file in page.images:
+            try:
+                images.append(open_image(image_file.data).convert("RGB"))
+            except Exception:  # noqa: BLE001 - an image Pillow cannot decode: skip it, keep the others
+                log.warning("%s: an image on page %d could not be decoded", name, number, exc_info=True)
+    except Exception:  # noqa: BLE001
+        log.warning("%s: images on page %d could not be read", name, number, exc_info=True)
+    return sorted(images, key=lambda im: -im.width * im.height)
 
 
 def _pdf_outline_headings(reader) -> dict[int, tuple[str, str]]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import zipfile
 
+from kb_qa.ingest.limits import current_options
 from kb_qa.ingest.loaders.base import LABELS, LoadError, human_size, shorten
+from kb_qa.ingest.ocr import IMAGE_EXTENSIONS
 
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _SIGNATURES = (
@@ -23,7 +25,7 @@ _SIGNATURES = (
 )
 _ZIP_FORMATS = {".docx": "word/document.xml", ".pptx": "ppt/presentation.xml", ".xlsx": "xl/workbook.xml",
                 ".odt": "content.xml", ".epub": "META-INF/container.xml"}
-_MAX_UNZIPPED = 1 << 30  # 1 GiB: a package that expands beyond this (and 100x its size) is a zip bomb
+_MAX_MEMBERS = 100_000  # files in one package; real documents hold tens to a few thousand
 
 
 def sniff(data: bytes) -> str | None:
@@ -57,6 +59,10 @@ def check_content_type(data: bytes, ext: str, name: str) -> None:
         if not data.lstrip().startswith(b"{\\rtf"):
             raise LoadError(name, f"not an RTF document: the content does not match the .rtf extension"
                                   f"{f' (it looks like {kind})' if kind else ''}")
+    elif ext in IMAGE_EXTENSIONS:
+        if not _is_image(data):
+            raise LoadError(name, f"not an image: the content does not match the {ext} extension"
+                                  f"{f' (it looks like {kind})' if kind else ''}")
     elif kind is not None:  # text formats
         raise LoadError(name, f"the content does not match the {ext} extension: it looks like {kind}")
 
@@ -70,6 +76,19 @@ def _check_zip(data: bytes, ext: str, name: str) -> None:
         raise LoadError(name, f"corrupt or truncated {LABELS[ext]} file ({shorten(str(exc))})") from exc
     if _ZIP_FORMATS[ext] not in names:
         raise LoadError(name, f"not a {LABELS[ext]} file: the ZIP archive has no {_ZIP_FORMATS[ext]}")
+    limit = current_options.get().limits.max_expanded_bytes
+    if len(infos) > _MAX_MEMBERS:
+        raise LoadError(name, f"refused: the {LABELS[ext]} package holds {len(infos):,} files "
+                              f"(over {_MAX_MEMBERS:,}; a zip bomb?)")
+    # Sizes from the central directory, before any member is read; zipfile stops each member at its declared
+    # size (and fails its CRC check), so a directory that lies cannot expand past this sum.
     unpacked = sum(i.file_size for i in infos)
-    if unpacked > _MAX_UNZIPPED and unpacked > 100 * len(data):
-        raise LoadError(name, f"refused: the {LABELS[ext]} package would expand to {human_size(unpacked)}")
+    if unpacked > limit:
+        raise LoadError(name, f"refused: the {LABELS[ext]} package would expand to {human_size(unpacked)}, over "
+                              f"the limit of {human_size(limit)} per file (ingest.max_expanded_mb; a zip bomb?)")
+
+
+def _is_image(data: bytes) -> bool:
+    """PNG, JPEG, BMP, TIFF or WebP by signature."""
+    return (data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*"))
+            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"))

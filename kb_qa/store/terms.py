@@ -1,6 +1,8 @@
 """Terms for keyword (BM25) search: jieba segmentation for Chinese, lower-cased word tokens for other scripts.
 
-The same function cuts documents at ingest and questions at query time, so both sides always agree.
+The store's FTS analyser: the same function cuts documents at ingest (`fts_document`, the text written to the FTS5
+column) and questions at query time (`search_terms`, what retrieval hands to `KnowledgeBase.keyword_search`), so
+both sides always agree. It lives in the store because what was indexed must be what is searched.
 Uses jieba's search mode (a long word also yields its shorter words), so "知识库" matches "知识" too.
 """
 
@@ -42,14 +44,3 @@ def search_terms(text: str) -> list[str]:
 def fts_document(text: str) -> str:
     """The text stored in the FTS5 column: terms joined by spaces (FTS5's unicode61 splits on them)."""
     return " ".join(search_terms(text))
-
-
-def fts_query(text: str, max_terms: int = 64) -> str | None:
-    """An FTS5 MATCH expression: the distinct terms of `text` OR-ed, each quoted so no syntax leaks through."""
-    seen: dict[str, None] = {}
-    for term in search_terms(text):
-        seen.setdefault(term, None)
-    if not seen:
-        return None
-    quoted = ['"' + t.replace('"', '""') + '"' for t in list(seen)[:max_terms]]
-    return " OR ".join(quoted)

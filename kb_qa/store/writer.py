@@ -1,0 +1,196 @@
+"""Writing a knowledge base: `Writer`, obtained from `KnowledgeBase.writer()` (which holds the write lock).
+
+A write is one atomic commit (`Writer.commit`): all row changes in one SQLite transaction, the new FAISS file
+written and fsynced before the transaction that names it commits. A crash at any point leaves either the previous
+or the new version, loadable and consistent (vector count == chunk rows).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kb_qa.naming import validate_doc_path
+from kb_qa.schema import Chunk
+from kb_qa.store import records, vector_index
+from kb_qa.store.errors import EmbeddingMismatch, KnowledgeBaseError
+from kb_qa.store.terms import fts_document
+
+if TYPE_CHECKING:
+    from kb_qa.store.knowledge_base import KnowledgeBase
+
+
+def check_embedding(conn, kb_name: str, model: str, dim: int | None) -> None:
+    """Refuse to mix embedding models or dimensions in one index. `dim` None: check the model name only (before
+    the model is loaded)."""
+    built_model = records.get_meta(conn, "embedding_model")
+    built_dim = records.get_meta(conn, "embedding_dim")
+    if built_model is None or records.chunk_count(conn) == 0:
+        return
+    if built_model != model or (dim is not None and int(built_dim) != dim):
+        raise EmbeddingMismatch(
+            f"knowledge base {kb_name!r} was built with embedding model {built_model!r} ({built_dim} dims), "
+            f"but the configured model is {model!r}{f' ({dim} dims)' if dim else ''}. "
+            f"Vectors of different models cannot be mixed: re-ingest with --rebuild to re-embed it with {model!r}, "
+            f"or set embedding.model back to {built_model!r}."
+        )
+
+
+class Writer:
+    """Accumulates changes in one SQLite transaction; `commit()` makes them durable and visible atomically."""
+
+    def __init__(self, kb: KnowledgeBase, embedding_model: str | None, dimension: int | None):
+        self.kb = kb
+        self._conn = records.connect(kb._db)
+        records.init_schema(self._conn)
+        self.dimension = dimension
+        self.embedding_model = embedding_model
+        self._added: dict[int, np.ndarray] = {}  # chunk id -> vector, since the last commit
+        self._removed: set[int] = set()
+        self._in_tx = False
+        self._cleared = False
+        generation = int(records.get_meta(self._conn, "index_generation", "0"))
+        vector_index.remove_stale_files(kb.path, generation)  # leftovers of a crashed writer
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+            if self.embedding_model is not None and not self._cleared:
+                check_embedding(self._conn, self.kb.name, self.embedding_model, self.dimension)
+
+    # -- reading inside the transaction --------------------------------------------------------------------
+    def has_content(self, sha256: str) -> bool:
+        self._begin()
+        return records.content_exists(self._conn, sha256)
+
+    def document(self, source: str) -> records.DocumentRecord | None:
+        self._begin()
+        return records.document(self._conn, source)
+
+    def documents(self) -> list[records.DocumentRecord]:
+        """Every document as this transaction sees it (its own changes included)."""
+        self._begin()
+        return records.documents(self._conn)
+
+    # -- changes -------------------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Remove every document (for --rebuild); takes effect at commit, with whatever is added after it."""
+        self._cleared = True  # before _begin: a rebuild may switch embedding models
+        self._begin()
+        self._removed.update(r[0] for r in self._conn.execute("SELECT id FROM chunks"))
+        self._added.clear()
+        for table in ("documents", "chunk_terms", "chunks", "contents"):
+            self._conn.execute(f"DELETE FROM {table}")
+        for key in ("embedding_model", "embedding_dim"):
+            self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+    def put_document(self, source: str, sha256: str, size: int, origin: str | None,
+                     chunks: list[Chunk] | None = None, vectors: np.ndarray | None = None) -> None:
+        """Point `source` at content `sha256`, storing the content's chunks if it is new. Replaces whatever the
+        path held before (its old chunks go at commit if nothing else shares them)."""
+        source = validate_doc_path(source)
+        self._begin()
+        if not records.content_exists(self._conn, sha256):
+            if chunks is None or vectors is None or len(chunks) != len(vectors) or not chunks:
+                raise ValueError(f"{source}: new content needs its chunks and one vector per chunk")
+            self._record_embedding(int(vectors.shape[1]))
+            terms = [fts_document(c.text) for c in chunks]
+            ids = records.insert_content(self._conn, sha256, chunks, vectors, terms)
+            for chunk_id, vec in zip(ids, vectors, strict=True):
+                self._added[chunk_id] = vec
+        records.upsert_document(self._conn, source, sha256, size, origin)
+        self._collect_orphans()
+
+    def _record_embedding(self, dim: int) -> None:
+        """The first vectors fix the KB's model and dimension; later ones must match them."""
+        if self.embedding_model is None:
+            raise ValueError("a writer that adds vectors must be given the embedding model's name")
+        if records.get_meta(self._conn, "embedding_model") is None or records.count_chunks(self._conn) == 0:
+            records.set_meta(self._conn, "embedding_model", self.embedding_model)
+            records.set_meta(self._conn, "embedding_dim", str(dim))
+        check_embedding(self._conn, self.kb.name, self.embedding_model, dim)
+
+    def remove_document(self, source: str) -> bool:
+        source = validate_doc_path(source)
+        self._begin()
+        if records.document(self._conn, source) is None:
+            return False
+        records.delete_document(self._conn, source)
+        self._collect_orphans()
+        return True
+
+    def _collect_orphans(self) -> None:
+        for chunk_id in records.delete_orphan_contents(self._conn):
+            if self._added.pop(chunk_id, None) is None:
+                self._removed.add(chunk_id)
+
+    @property
+    def pending(self) -> bool:
+        return self._in_tx
+
+    # -- commit --------------------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make every change since the last commit durable and visible, atomically."""
+        if not self._in_tx:
+            return
+        conn = self._conn
+        dim_text = records.get_meta(conn, "embedding_dim")
+        generation = int(records.get_meta(conn, "index_generation", "0"))
+        new_generation = generation + 1
+        count = records.count_chunks(conn)
+        index = None if dim_text is None else self._next_index(generation, int(dim_text), count)
+        if index is not None:  # None: nothing was ever embedded (e.g. only removals on an empty KB)
+            _crash_point("before-index-write")
+            _path, sha = vector_index.write_index(index, self.kb.path, new_generation)
+            _crash_point("after-index-write")
+            records.set_meta(conn, "index_generation", str(new_generation))
+            records.set_meta(conn, "index_sha256", sha)
+            if index.ntotal != count:  # should be impossible; refuse to commit an inconsistent pair
+                self._rollback()
+                raise KnowledgeBaseError(f"internal error: index has {index.ntotal} vectors, records {count}")
+        records.set_meta(conn, "chunk_count", str(count))  # readers' O(1) N for IDF
+        conn.execute("COMMIT")
+        self._in_tx = False
+        _crash_point("after-commit")
+        self._added.clear()
+        self._removed.clear()
+        self._cleared = False
+        if index is not None:
+            vector_index.remove_stale_files(self.kb.path, new_generation)
+
+    def _next_index(self, generation: int, dim: int, count: int):
+        """The committed index with this transaction's removals and additions applied (a fresh copy)."""
+        sha = records.get_meta(self._conn, "index_sha256")
+        path = vector_index.index_path(self.kb.path, generation)
+        # The committed count is what the index file must hold: the records now include our uncommitted rows.
+        committed_count = count - len(self._added) + len(self._removed)
+        index = vector_index.read_index(path, sha, committed_count, dim) if generation else None
+        if index is None:
+            # First commit, or the committed file is damaged: derive it from the (uncommitted) records directly.
+            return vector_index.from_vectors(records.iter_vectors(self._conn, dim), dim)
+        if self._removed:
+            index.remove_ids(np.fromiter(self._removed, dtype=np.int64))
+        if self._added:
+            ids = np.fromiter(self._added.keys(), dtype=np.int64)
+            index.add_with_ids(np.stack(list(self._added.values())).astype(np.float32), ids)
+        return index
+
+    def _rollback(self) -> None:
+        if self._in_tx:
+            self._in_tx = False
+            self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        try:
+            self._rollback()
+        finally:
+            self._conn.close()
+
+
+def _crash_point(name: str) -> None:
+    """Fault injection for the durability tests: KB_QA_CRASH_AT=<name> kills the process here, like a power cut."""
+    if os.environ.get("KB_QA_CRASH_AT") == name:
+        os._exit(99)
