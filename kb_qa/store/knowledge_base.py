@@ -166,7 +166,7 @@ class KnowledgeBase:
 
     def get_meta(self, key: str) -> str | None:
         """A value other components keep in the KB's meta table (e.g. the retrieval calibration)."""
-        return records.get_meta(self.conn, key)
+        return self._query(records.get_meta, key)
 
     def put_meta(self, key: str, value: str, *, lock_timeout_s: float = 10.0) -> None:
         """Store one meta value in its own transaction, under the write lock; the index generation is unchanged
