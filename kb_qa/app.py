@@ -62,7 +62,9 @@ class App:
         self._lock = threading.Lock()
         self._embeddings_lock = threading.Lock()
         if embeddings is not None:
-            self.__dict__["embeddings"] = embeddings  # fills the cached_property below
+            from kb_qa.models.langchain_embeddings import as_embedder  # any LangChain Embeddings fits
+
+            self.__dict__["embeddings"] = as_embedder(embeddings, self.settings.embedding.model)  # the cached_property
         self._llm = LLMSlot(lambda: self.settings.llm, injected=llm)
 
     # -- knowledge bases -----------------------------------------------------------------------------------

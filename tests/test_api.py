@@ -470,7 +470,7 @@ class RecordingHandle:
 
             def invoke(self, prompt, **kwargs):
                 handle.calls.append(("invoke", kwargs))
-                return "standalone question"
+                return "How long do cats sleep?"  # the rewritten, standalone question
 
         self.langchain_llm = LC()
 
