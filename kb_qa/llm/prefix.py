@@ -48,7 +48,7 @@ class PrefixKV:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             cache.update(k.expand(batch_size, -1, -1, -1).contiguous(),
                          v.expand(batch_size, -1, -1, -1).contiguous(), layer)
         return cache

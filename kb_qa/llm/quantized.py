@@ -171,7 +171,7 @@ def load_prequantized(folder, cfg, tokenizer, *, device: torch.device,
         else:
             # q/k/v split by rows, like the float weights: packing runs along the input dimension only.
             for (new_name, part), (_, part_scale) in zip(convert_tensor(name, tensor, cfg),
-                                                         convert_tensor(name, scale, cfg)):
+                                                         convert_tensor(name, scale, cfg), strict=True):
                 module = model.get_submodule(new_name.removesuffix(".weight"))
                 if not isinstance(module, PackedLinear) or tuple(module.qweight.shape) != tuple(part.shape):
                     raise ModelLoadError(f"{folder}: quantized weight {name} does not fit {new_name}")

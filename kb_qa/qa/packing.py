@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from kb_qa.llm.estimate import PREFIX_TOKENS, estimate_tokens
 from kb_qa.schema import History
 
-
 _SENTENCE_END = re.compile(r"(?:[。！？；…!?;]+|\.(?=\s))[”’」』）》】)\"']*|\n")
 
 

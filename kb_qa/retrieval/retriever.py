@@ -37,8 +37,8 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.calibration import calibration_for
+from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
 from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
 from kb_qa.schema import Source
@@ -181,7 +181,7 @@ class Retriever:
         texts = _chunk_records(head, kbs_open)
         present = [h for h in head if h.key in texts]
         probs = reranker.score(query, [texts[h.key].text for h in present])
-        for hit, p in zip(present, probs):
+        for hit, p in zip(present, probs, strict=True):
             hit.score = p
         return sorted(present, key=lambda h: -h.score)
 
