@@ -271,7 +271,7 @@ def _masked(w: np.ndarray, keep: Sequence[int]) -> np.ndarray:
 # -- measuring a KB -------------------------------------------------------------------------------------------
 def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUESTIONS) -> Calibration:
     """Draw pseudo-questions from `kb`'s chunks, collect the real candidates of each, fit the model."""
-    from kb_qa.retrieval.dense import cosines, dense_candidates, dense_score
+    from kb_qa.retrieval.dense import cosines, dense_candidates
     from kb_qa.retrieval.keyword import (
         TermStats,
         keyword_candidates,
@@ -340,6 +340,11 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
     cal.generation = generation
     cal.seconds = round(time.perf_counter() - started, 2)
     return cal
+
+
+def dense_score(cosine: float) -> float:
+    """max(0, cosine), clipped to [0, 1] (the dense similarity fusion uses)."""
+    return min(1.0, max(0.0, float(cosine)))
 
 
 def _chunk_ids(kb) -> list[int]:

@@ -16,10 +16,6 @@ from collections.abc import Iterable
 import numpy as np
 
 
-def dense_score(cosine: float) -> float:
-    return min(1.0, max(0.0, float(cosine)))
-
-
 def dense_candidates(kb, query_vector: np.ndarray, k: int, allowed: set[int] | None = None
                      ) -> list[tuple[int, float]]:
     """[(chunk id, cosine)] best first, at most `k`; with `allowed`, only those chunk ids (the store's exact
