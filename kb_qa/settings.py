@@ -72,7 +72,8 @@ class IngestSettings(Section):
             ".txt", ".md", ".markdown", ".pdf", ".docx", ".pptx", ".html", ".htm", ".xhtml", ".csv", ".tsv",
             ".xlsx", ".json", ".jsonl", ".odt", ".rtf", ".epub", ".eml", ".xml",
         ],
-        description="File name extensions picked up when a folder is ingested (add .png .jpg .jpeg .bmp .tif .tiff .webp to OCR images too).",
+        description="File name extensions picked up when a folder is ingested"
+        " (add .png .jpg .jpeg .bmp .tif .tiff .webp to OCR images too).",
     )
     commit_every_chunks: int = Field(
         4096, ge=1, description="Embedded chunks per atomic commit; a crash loses at most one batch of work."
@@ -174,7 +175,8 @@ class LLMSettings(Section):
     gguf_file: str | None = Field(
         None, description="Backend 'llamacpp': which .gguf in the model_path folder (None = the only one there)."
     )
-    n_threads: int | None = Field(None, ge=1, description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
+    n_threads: int | None = Field(None, ge=1,
+                                  description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
     adapter: str | None = Field(
         None, description="A PEFT LoRA adapter folder (merged into the weights at load time) or a ChatGLM2 P-tuning v2 "
         "checkpoint folder (config.json with pre_seq_len; run as a past key/values prefix)."
