@@ -21,8 +21,13 @@ PAGE_W, PAGE_H = 300.0, 200.0  # points
 def _spread_pdf(path: Path) -> Path:
     """Two pages, each showing its half of one 600 pt wide spread (left text on page 1, right on page 2)."""
     from pypdf import PdfWriter
-    from pypdf.generic import (ArrayObject, DecodedStreamObject, DictionaryObject, FloatObject, NameObject,
-                               NumberObject)
+    from pypdf.generic import (
+        ArrayObject,
+        DecodedStreamObject,
+        DictionaryObject,
+        FloatObject,
+        NameObject,
+    )
 
     writer = PdfWriter()
     font = writer._add_object(DictionaryObject({
