@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,7 +185,8 @@ class LLMSettings(Section):
     )
     quantization: Literal["none", "int8", "int4"] = Field("none", description="Weight quantization (bitsandbytes).")
     static_cache: bool = Field(
-        False, description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front)."
+        False,
+        description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front).",
     )
     compile: bool | None = Field(
         None, description="torch.compile the decode step (CUDA only). None = on when static_cache is on and on CUDA."
@@ -198,6 +200,12 @@ class LLMSettings(Section):
     openai_model: str = Field("chatglm2-6b", description="Model name sent to the OpenAI-compatible endpoint.")
     openai_api_key: str = Field("EMPTY", description="API key for the OpenAI-compatible endpoint.")
     openai_timeout_s: float = Field(120.0, gt=0)
+    openai_max_retries: int = Field(
+        4, ge=0, le=20, description="Backend 'openai': retries of a 429/503/connection failure, honouring Retry-After."
+    )
+    openai_retry_budget_s: float = Field(
+        120.0, ge=0, description="Backend 'openai': at most this many seconds spent waiting between retries."
+    )
 
 
 class QASettings(Section):
@@ -313,7 +321,7 @@ def _has_key(data: dict[str, Any], loc: tuple) -> bool:
     return True
 
 
-def _describe(error: dict, explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
+def _describe(error: Mapping[str, Any], explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
     """One validation error as 'SOURCE: FIELD: what is wrong'."""
     loc = tuple(str(part) for part in error.get("loc", ()))
     field = ".".join(loc) or "(top level)"

@@ -138,6 +138,7 @@ def ingest(
             if new:
                 if embedder is None:
                     embedder = embedder_factory()
+                    writer.set_embedding_identity(getattr(embedder, "identity", None))  # same name, other weights?
                 texts = [c.text for p in new for c in p.chunks]
                 vectors = _encode_sorted(embedder, texts, progress=progress)
                 offset = 0
