@@ -22,8 +22,10 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError
 
-    if current_options.get().pdf_backend != "pypdf":
-        raise LoadError(name, "ingest.pdf_backend: pymupdf is not implemented yet; set it to pypdf")
+    if current_options.get().pdf_backend == "pymupdf":
+        from kb_qa.ingest.loaders.pdf_pymupdf import load_pdf_pymupdf
+
+        return load_pdf_pymupdf(data, name)
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
