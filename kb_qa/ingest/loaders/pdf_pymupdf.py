@@ -33,6 +33,8 @@ def load_pdf_pymupdf(data: bytes, name: str) -> list[Section]:
     except ImportError as exc:
         raise LoadError(name, "ingest.pdf_backend: pymupdf needs PyMuPDF (AGPL-3.0): "
                               "pip install -r requirements-bench.txt, or set it to pypdf") from exc
+    if hasattr(pymupdf, "no_recommend_layout"):
+        pymupdf.no_recommend_layout()  # else find_tables prints an advert for another package on stdout
     try:
         document = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # noqa: BLE001 - MuPDF raises its own types on damaged files
