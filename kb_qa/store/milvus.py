@@ -97,9 +97,13 @@ class MilvusChunks:
     def __init__(self, client, name: str):
         self.client = client
         self.name = name
+        self._seen = False  # the collection was seen to exist (saves a round trip per search)
 
-    def exists(self) -> bool:
-        return self.client.has_collection(self.name)
+    def exists(self, *, cached: bool = False) -> bool:
+        if cached and self._seen:
+            return True
+        self._seen = bool(self.client.has_collection(self.name))
+        return self._seen
 
     def create(self, dim: int) -> None:
         from pymilvus import DataType, Function, FunctionType, MilvusClient
@@ -120,6 +124,7 @@ class MilvusChunks:
     def drop(self) -> None:
         if self.exists():
             self.client.drop_collection(self.name)
+        self._seen = False
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, texts: Sequence[str]) -> None:
         for start in range(0, len(ids), SEND_BATCH):
@@ -149,7 +154,12 @@ class MilvusChunks:
         kwargs = {}
         if allowed is not None:
             kwargs["filter"] = f"id in [{','.join(str(int(i)) for i in allowed)}]"
-        hits = self.client.search(self.name, data=data, anns_field=field, limit=k, output_fields=["id"], **kwargs)
+        try:
+            hits = self.client.search(self.name, data=data, anns_field=field, limit=k, output_fields=["id"],
+                                      **kwargs)
+        except Exception as exc:  # pymilvus raises MilvusException (and grpc errors) for an unreachable server
+            self._seen = False
+            raise KnowledgeBaseError(f"Milvus search in collection {self.name!r} failed: {exc}") from None
         return [[(int(h["id"]), float(h["distance"])) for h in per_query] for per_query in hits]
 
 
@@ -199,7 +209,7 @@ class MilvusKnowledgeBase(KnowledgeBase):
     # -- searching -----------------------------------------------------------------------------------------
     def _searchable(self) -> MilvusChunks | None:
         chunks = self.milvus()
-        if chunks.exists():
+        if chunks.exists(cached=True):
             return chunks
         if self.chunk_count() == 0:
             return None
