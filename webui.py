@@ -236,7 +236,7 @@ def set_owner(store: ConversationStore) -> None:
 def model_state(app, box) -> None:
     """The models' state, at the end of the run: the first run of the process waits here for the model to load
     (App.llm loads once, never raises; a failed load says why and is retried only on request)."""
-    app.llm  # noqa: B018 - load it now, so the first question does not wait
+    _ = app.llm  # load it now, so the first question does not wait (a bare expression would be drawn)
     status = app.llm_status()
     with box:
         st.caption(md_literal(f"Embeddings: {embedding_state(app)}"))
@@ -612,7 +612,8 @@ def job_progress(name: str) -> None:
                     + (" (queued)" if job.state == "queued" else ""))
             st.progress(job.fraction, text=md_literal(text))
 
-    progress()
+    with st.container():  # the fragment's own box: a timed run still pending from an earlier page draw can only
+        progress()        # redraw inside it, never over the report below
     last = runner.latest(name)
     if last is not None and not last.active and last.id not in st.session_state.get("dismissed", set()):
         show_report(runner.snapshot(last))

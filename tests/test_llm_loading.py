@@ -36,8 +36,10 @@ CHATGLM2_6B = {"model_type": "chatglm", "hidden_size": 4096, "num_layers": 28, "
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KB_QA_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), KB_QA_CONFIG=str(REPO / "none.yaml"))
+    # conftest.py has cleared the developer's KB_QA_* variables and set this test's own (KB_QA_HOME: no settings
+    # file, no data of the repository's), and PYTHONPATH (this checkout + the subprocess network guard).
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
 
 
@@ -202,14 +204,14 @@ def test_ask_streams_to_the_terminal(tiny_dir, capsys):
     assert printed == handle.chat("你好") + "\n"
 
 
-def test_ask_without_a_model_or_without_no_kb_exits_2(monkeypatch, capsys):
+def test_ask_without_a_model_or_without_no_kb_exits_unavailable(monkeypatch, capsys):
     from kb_qa.ask import main
+    from kb_qa.errors import EXIT_UNAVAILABLE
 
-    monkeypatch.setenv("KB_QA_CONFIG", str(REPO / "none.yaml"))
-    monkeypatch.delenv("KB_QA_LLM__MODEL_PATH", raising=False)
-    assert main(["你好", "--no-kb"]) == 2
+    # KB_QA_HOME (conftest.py) is this test's empty folder: no settings file, no knowledge bases of the repository's.
+    assert main(["你好", "--no-kb"]) == EXIT_UNAVAILABLE
     assert "there is no model" in capsys.readouterr().err
-    assert main(["你好", "--no-kb", "--llm", "/nonexistent/model"]) == 2
+    assert main(["你好", "--no-kb", "--llm", "/nonexistent/model"]) == EXIT_UNAVAILABLE
     assert "not found" in capsys.readouterr().err
     assert main(["你好", "--kb", "no-such-kb-here"]) != 0  # without --no-kb it answers from a knowledge base
     assert "does not exist" in capsys.readouterr().err

@@ -4,7 +4,6 @@ the tiny random ChatGLM2 checkpoint loaded through the real loader for one end-t
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from types import SimpleNamespace
@@ -216,33 +215,11 @@ def test_chain_retrieves_with_the_rewritten_query(kb_app):
 
 
 # -- CLI -------------------------------------------------------------------------------------------------------
-def parse(argv):
-    from kb_qa.qa.cli import add_kb_arguments
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("question", nargs="?")
-    add_kb_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_add_kb_arguments_leaves_existing_flags_alone():
-    from kb_qa.qa.cli import add_kb_arguments
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--llm")
-    parser.add_argument("--json", action="store_true")
-    add_kb_arguments(parser)  # would raise on a duplicate option
-    args = parser.parse_args(["--kb", "a", "--kb", "b", "--top-k", "3", "--temperature", "0", "--json"])
-    assert args.kb == ["a", "b"] and args.top_k == 3 and args.temperature == 0.0 and args.json
-
-
 def test_cli_ask_json(kb_app):
-    from kb_qa.qa.cli import run_ask
+    from kb_qa.cli import ask
 
     out = io.StringIO()
-    code = run_ask(parse(["龙井茶产于哪里？", "--kb", "kb", "--top-k", "2", "--json"]), kb_app.settings, app=kb_app,
-                   out=out)
-    assert code == 0
+    assert ask.main(["龙井茶产于哪里？", "--kb", "kb", "--top-k", "2", "--json"], app=kb_app, out=out) == 0
     obj = json.loads(out.getvalue())
     assert set(obj) >= {"answer", "sources"}
     assert obj["mode"] == "retrieval-only" and len(obj["sources"]) <= 2
@@ -251,28 +228,38 @@ def test_cli_ask_json(kb_app):
 
 
 def test_cli_ask_streams_then_lists_sources(kb_app):
-    from kb_qa.qa.cli import run_ask
+    from kb_qa.cli import ask
 
     out = io.StringIO()
-    assert run_ask(parse(["Eiffel Tower height", "--kb", "kb"]), kb_app.settings, app=kb_app, out=out) == 0
+    assert ask.main(["Eiffel Tower height", "--kb", "kb"], app=kb_app, out=out) == 0
     text = out.getvalue()
     assert "330 metres" in text and "sources:" in text and "[1] kb: paris.txt" in text
 
 
-def test_cli_ask_unknown_kb_is_exit_2(kb_app, capsys):
-    from kb_qa.qa.cli import run_ask
+def test_cli_ask_unknown_kb_is_a_usage_error(kb_app, capsys):
+    from kb_qa.cli import ask
+    from kb_qa.errors import EXIT_USAGE
 
-    assert run_ask(parse(["x", "--kb", "nope"]), kb_app.settings, app=kb_app, out=io.StringIO()) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert ask.main(["x", "--kb", "nope"], app=kb_app, out=io.StringIO()) == EXIT_USAGE
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "does not exist" in errors[0] and "Traceback" not in err
 
 
-def test_cli_chat_keeps_going_until_stop(kb_app):
-    from kb_qa.qa.cli import run_chat
+def test_cli_chat_clear_really_forgets_the_history(settings, embedder, kb_app):
+    """`clear` must empty the history the model sees: the round after it carries no earlier [Round n]."""
+    from kb_qa.app import App
+    from kb_qa.cli import chat
 
-    lines = iter(["龙井茶产于哪里？", "clear", "", "Eiffel Tower height", "stop", "never read"])
+    llm = EchoLLM(reply="西湖。")
+    app = App(kb_app.settings, embeddings=embedder, llm=llm)
+    lines = iter(["龙井茶产于哪里？", "那它是什么茶？", "clear", "", "Eiffel Tower height", "stop", "never read"])
     out = io.StringIO()
-    code = run_chat(parse(["--kb", "kb"]), kb_app.settings, app=kb_app, read=lambda _prompt: next(lines), out=out)
-    assert code == 0
+    assert chat.main(["--kb", "kb"], app=app, read=lambda _prompt: next(lines), out=out) == 0
+    assert next(lines) == "never read"  # stopped at 'stop'
     text = out.getvalue()
-    assert "西湖" in text and "(history cleared)" in text and "330 metres" in text
-    assert next(lines) == "never read"
+    assert "(history cleared)" in text and text.count("答：") == 3
+    answers = [(prompt, kwargs) for prompt, kwargs in llm.calls if "history" in kwargs]
+    assert [len(kwargs["history"]) for _, kwargs in answers] == [0, 1, 0]
+    assert answers[1][1]["history"] == [("龙井茶产于哪里？", "西湖。")]
+    assert "Eiffel" in answers[2][0] and "龙井茶产于哪里" not in answers[2][0]

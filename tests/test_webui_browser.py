@@ -1,9 +1,14 @@
 """End to end in a real browser: `streamlit run webui.py` on loopback, driven by headless Chromium (Playwright).
 
-Uploads a document through the page, asks about it, checks that the answer and its sources appear, and saves a
-screenshot (test-output/webui*.png). Then uploads a hostile document (<script>, <img onerror>, a Markdown image
-on a remote address) and asks about it: nothing from it may become a DOM element and the browser must not
-request the remote address.
+The page answers with a model behind an OpenAI-compatible endpoint: a small fake server in this file that streams
+a scripted Markdown answer (hostile on request, slow on request), so what the browser renders is known. One test
+per must-fix item of the page:
+  - nothing leaves the machine: every request the browser makes, from the very first load, goes to the page's own
+    server (the shipped .streamlit/config.toml turns usage statistics off: no flag on the command line here);
+  - uploads survive clicks, a reload and a second tab while they are indexed, with progress that moves;
+  - a Markdown answer is rendered (bold, table, citation links) with hostile content inert (no script runs, no
+    image or remote address is fetched, no javascript: link), and a hostile document's passages stay text;
+  - Stop keeps the partial answer and its sources; the conversation is still there after a reload.
 
 Needs Debian's `chromium` (apt-get install chromium) and the `playwright` package; never `playwright install`
 (it downloads a browser). Skips with the reason when either is missing.
@@ -12,13 +17,16 @@ Needs Debian's `chromium` (apt-get install chromium) and the `playwright` packag
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,7 +41,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 REMOTE = "203.0.113.77"  # TEST-NET-3: never routable; any request to it is a rendering bug
 TIMEOUT_MS = 90_000
 
-HOSTILE = f"""# 安全测试 Security test
+HOSTILE_DOC = f"""# 安全测试 Security test
 
 The zebra-lantern protocol is described here. It uses <script>window.__kb_qa_pwned = 1</script> inline tags.
 Some loaders keep markup: <img src="http://{REMOTE}/onerror.png" onerror="window.__kb_qa_pwned = 2"> in the text.
@@ -41,11 +49,61 @@ Markdown images too: ![tracker](http://{REMOTE}/pixel.png) and a link [click](ht
 The zebra-lantern protocol rotates its keys every 42 minutes.
 """
 
-GOOD = """# Solar kettles
+GOOD_DOC = """# Solar kettles
 
 The solar kettle boils one litre of water in about twelve minutes on a clear day.
 Its mirror is made of polished aluminium and folds into a flat disc for carrying.
 """
+
+# What the fake model answers: hostile Markdown to the zebra-lantern question, slowly when the question says so.
+HOSTILE_ANSWER = (
+    "**Bold answer** about the zebra-lantern protocol [1].\n\n"
+    "| item | minutes |\n|---|---|\n| keys | 42 |\n\n"
+    f"<script>window.__kb_qa_pwned = 3</script> <img src=\"http://{REMOTE}/a.png\" "
+    "onerror=\"window.__kb_qa_pwned = 4\">\n\n"
+    f"![pixel](http://{REMOTE}/md.png) [js](javascript:window.__kb_qa_pwned=5) :red[red] $x^2$ done.\n")
+KETTLE_ANSWER = "The solar kettle boils a litre in **twelve minutes** [1]."
+SLOW_PIECES = [f"word{i} " for i in range(60)]  # 60 pieces, 0.25 s apart: 15 s unless stopped
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """POST /v1/chat/completions, streamed (SSE) or not; the answer depends on the question (see above)."""
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+        question = str(body.get("messages", [{}])[-1].get("content", ""))
+        if "slowly" in question:
+            pieces, delay = SLOW_PIECES, 0.25
+        elif "protocol do with its keys" in question:  # the question, not a passage that mentions zebras
+            pieces, delay = [HOSTILE_ANSWER[i:i + 12] for i in range(0, len(HOSTILE_ANSWER), 12)], 0.0
+        else:
+            pieces, delay = [KETTLE_ANSWER], 0.0
+        del prompt
+        if not body.get("stream"):
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "".join(pieces)},
+                                            "finish_reason": "stop", "index": 0}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        try:
+            for piece in pieces:
+                event = {"choices": [{"delta": {"content": piece}, "index": 0, "finish_reason": None}]}
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(delay)
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page stopped reading: Stop
 
 
 def _free_port() -> int:
@@ -63,26 +121,21 @@ def playwright_api():
         yield p
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`streamlit run webui.py` on 127.0.0.1:<free port>, settings pointing at tmp folders."""
-    tmp = tmp_path_factory.mktemp("webui_browser")
+@contextlib.contextmanager
+def running_page(tmp: Path):
+    """`streamlit run webui.py` on 127.0.0.1:<free port> with the repo's .streamlit/config.toml, settings pointing
+    at tmp folders, answering through the fake OpenAI-compatible model. Yields {'url', 'tmp', 'store'}."""
+    llm = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    threading.Thread(target=llm.serve_forever, daemon=True).start()
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                KB_QA_PATHS__KNOWLEDGE_BASE_ROOT=str(tmp / "knowledge_base"),
-               KB_QA_PATHS__VECTOR_STORE_ROOT=str(tmp / "vector_store"))
-    model = _tiny_model(tmp_path_factory)
-    if model:
-        env.update(KB_QA_LLM__MODEL_PATH=str(model), KB_QA_LLM__DEVICE="cpu",
-                   KB_QA_LLM__MAX_NEW_TOKENS="48")  # the random model rarely stops on its own
-    else:
-        env.pop("KB_QA_LLM__MODEL_PATH", None)
+               KB_QA_PATHS__VECTOR_STORE_ROOT=str(tmp / "vector_store"),
+               KB_QA_LLM__BACKEND="openai", KB_QA_LLM__MODEL_PATH="",
+               KB_QA_LLM__OPENAI_BASE_URL=f"http://127.0.0.1:{llm.server_address[1]}/v1")
     log = open(tmp / "streamlit.log", "wb")  # noqa: SIM115 - open for the server's whole life
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "webui.py"), "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", "--global.developmentMode", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "webui.py"),
+                             "--server.port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -96,7 +149,7 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("streamlit did not start:\n" + (tmp / "streamlit.log").read_text(errors="replace"))
             time.sleep(0.3)
-        yield {"url": url, "tmp": tmp, "llm": bool(model)}
+        yield {"url": url, "tmp": tmp, "store": tmp / "vector_store"}
     finally:
         proc.terminate()
         try:
@@ -105,64 +158,71 @@ def server(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+        llm.shutdown()
 
 
-def _tiny_model(tmp_path_factory):
-    """A tiny random ChatGLM2 checkpoint (the real load + generate path), or None where the builder is absent."""
-    try:
-        from tiny_chatglm2 import build_tiny_chatglm2
-    except ImportError:
-        return None
-    folder = tmp_path_factory.mktemp("tiny_chatglm2")
-    build_tiny_chatglm2(folder)
-    return folder
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_page(tmp_path_factory.mktemp("webui_browser")) as page:
+        yield page
 
 
-@pytest.fixture
-def browser_page(playwright_api, tmp_path):
-    """A fresh Chromium profile; every request is recorded, and any that leaves the machine is blocked."""
-    context = playwright_api.chromium.launch_persistent_context(
-        str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+@contextlib.contextmanager
+def browser_context(playwright, profile: Path):
+    """A fresh Chromium profile. Every request is recorded (context.requests) from before the first page opens;
+    any that is not to the local server is blocked, and the tests assert there were none."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
         viewport={"width": 1400, "height": 1000})
     requests: list[str] = []
 
     def route(r):
         requests.append(r.request.url)
         host = r.request.url.split("/")[2] if "://" in r.request.url else ""
-        if host.startswith(("127.0.0.1", "localhost")):
+        if host.startswith(("127.0.0.1:", "localhost:")):
             r.continue_()
         else:
             r.abort()
 
     context.route("**/*", route)
-    context.on("request", lambda req: requests.append(req.url))
+    context.requests = requests
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def context(playwright_api, tmp_path, server):
+    with browser_context(playwright_api, tmp_path / "chromium-profile") as ctx:
+        yield ctx
+        leaks = [u for u in ctx.requests if not u.startswith(server["url"]) and not u.startswith(("data:", "blob:"))]
+        assert not leaks, leaks
+
+
+@pytest.fixture
+def page(context, tmp_path):
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.requests = requests
     try:
         yield page
     finally:
         with contextlib.suppress(Exception):  # the last state of the page, for a failed test's post-mortem
             page.screenshot(path=str(tmp_path / "last.png"), full_page=True, timeout=10_000)
-        context.close()
 
 
 # -- page actions --------------------------------------------------------------------------------------------
-def _open(page, url):
-    page.goto(url)
-    _settle(page)
-
-
 IDLE = """() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')
     && !document.querySelector('[data-stale=true]')
+    && !document.querySelector('[data-testid=stProgress]')
     && [...document.querySelectorAll('[data-testid=stSidebar] [data-testid=stCaptionContainer]')]
-        .some(e => e.innerText.startsWith('LLM:'))"""  # the sidebar is drawn last: its LLM line ends every run
+        .some(e => e.innerText.startsWith('LLM:'))"""  # the sidebar's LLM line ends every run
 
 
-def _settle(page):
-    """Wait until the script run is over: no 'running' indicator, no stale element, the sidebar drawn, and still
-    so half a second later (a click's run may not have started yet)."""
-    for _ in range(100):
+def settle(page):
+    """Wait until the script run is over (no 'running' indicator, no stale element, no ingestion progress, the
+    sidebar drawn), and still so half a second later (a click's run may not have started yet)."""
+    for _ in range(200):
         page.wait_for_function(IDLE, timeout=TIMEOUT_MS)
         page.wait_for_timeout(500)
         if page.evaluate(IDLE):
@@ -170,95 +230,164 @@ def _settle(page):
     raise AssertionError("the page never settled")
 
 
-def _view(page, name):
-    page.get_by_role("radio", name=name, exact=True).click()
-    _settle(page)
+def open_page(page, url):
+    page.goto(url)
+    settle(page)
 
 
-def _create_kb(page, name):
-    _view(page, "Knowledge bases")
+def view(page, name):
+    page.get_by_role("radio", name=name, exact=False).click()
+    settle(page)
+
+
+def create_kb(page, name):
+    view(page, "Knowledge bases")
     page.get_by_role("textbox", name="Name", exact=True).fill(name)
     page.get_by_role("button", name="Create", exact=True).click()
-    _settle(page)
+    settle(page)
     page.get_by_text(f"Add to {name}").wait_for()
 
 
-def _upload(page, kb, files):
+def choose_files(page, files):
     page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files([str(f) for f in files])
-    for f in files:
-        page.get_by_text(Path(f).name).first.wait_for()
+    page.get_by_text(Path(files[-1]).name).first.wait_for()
+
+
+def upload(page, kb, files):
+    choose_files(page, files)
     page.get_by_role("button", name=f"Add to {kb}", exact=True).click()
-    _settle(page)
-    page.locator("[data-testid=stAlertContentSuccess], [data-testid=stAlertContentWarning]").first.wait_for()
-    _settle(page)
+    report = page.locator("[data-testid=stAlertContentSuccess], [data-testid=stAlertContentWarning]").first
+    report.wait_for(timeout=4 * TIMEOUT_MS)  # the first upload of the process also loads the embedding model
+    settle(page)
 
 
-def _ask(page, question):
-    _view(page, "Chat")
+def ask(page, question, *, wait=True):
+    view(page, "Chat")
     box = page.locator("[data-testid=stChatInputTextArea]")
     box.fill(question)
     box.press("Enter")
-    _settle(page)
-    page.locator("[data-testid=stChatMessage]").nth(1).locator("[data-testid=stExpander]").first.wait_for()
+    if wait:
+        settle(page)
+        page.locator("[data-testid=stChatMessage]").last.locator("[data-testid=stExpander]").first.wait_for()
 
 
-def test_upload_ask_and_see_sources(server, browser_page, tmp_path):
-    page = browser_page
-    doc = tmp_path / "solar_kettle.md"
-    doc.write_text(GOOD, encoding="utf-8")
-    _open(page, server["url"])
-    _create_kb(page, "kettles")
-    _upload(page, "kettles", [doc])
-    assert "kettles: 1 added" in page.locator("[data-testid=stAlertContentSuccess]").inner_text()
-    page.locator("[data-testid=stDataFrame]").nth(1).wait_for()  # per-file results + the document list
-    picker = page.locator("[data-testid=stSelectbox]").filter(has_text="Document")  # for 'Remove document'
-    assert "solar_kettle.md" in picker.inner_text() + " ".join(
-        i.input_value() for i in picker.locator("input").all())
-    OUTPUT.mkdir(exist_ok=True)
-    page.screenshot(path=str(OUTPUT / "webui-kbs.png"), full_page=True)
-    _ask(page, "How long does the solar kettle take to boil water?")
+def documents_in(store: Path, kb: str) -> list[str]:
+    from kb_qa.store import KnowledgeBase
 
-    messages = page.locator("[data-testid=stChatMessage]")
-    assert messages.count() == 2
-    answer = messages.nth(1)
-    assert answer.inner_text().strip()
-    sources = answer.locator("[data-testid=stExpander]")
-    assert sources.count() >= 1
-    assert "solar_kettle.md" in sources.first.inner_text()
-    sources.first.locator("summary").click()
-    page.get_by_text("twelve minutes", exact=False).first.wait_for()
-    _settle(page)
-    page.screenshot(path=str(OUTPUT / "webui.png"), full_page=True)
-    assert not [u for u in page.requests if not u.startswith(server["url"]) and not u.startswith("data:")]
+    base = KnowledgeBase.open(store, kb)
+    try:
+        return sorted(d.source for d in base.documents())
+    finally:
+        base.close()
 
 
-def test_hostile_document_is_shown_inert(server, browser_page, tmp_path):
-    page = browser_page
+# -- the tests -------------------------------------------------------------------------------------------------
+def test_first_load_contacts_nothing_but_the_local_server(server, context, page):
+    open_page(page, server["url"])
+    page.wait_for_timeout(1500)  # telemetry, if it were on, goes out shortly after the first render
+    assert context.requests and all(u.startswith(server["url"]) or u.startswith(("data:", "blob:"))
+                                    for u in context.requests), context.requests
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # the minimal toolbar: no hosted-service links
+    # (the context fixture asserts the same for every test, from its first request to its last)
+
+
+def test_uploads_survive_clicks_a_reload_and_a_second_tab(server, context, page, tmp_path):
+    files = []
+    for i in range(12):
+        f = tmp_path / f"note_{i:02d}.md"
+        f.write_text(f"# Note {i}\n\nNote {i} says the meeting room {i} has {i + 2} chairs.\n" * 20, encoding="utf-8")
+        files.append(f)
+    open_page(page, server["url"])
+    create_kb(page, "notes")
+    choose_files(page, files)
+    page.get_by_role("button", name="Add to notes", exact=True).click()
+    bar = page.locator("[data-testid=stProgress]").first
+    bar.wait_for()
+    seen = {bar.inner_text()}
+    page.get_by_role("radio", name="Chat", exact=False).click()  # clicks while it is indexed ...
+    page.wait_for_timeout(300)
+    page.reload()  # ... a reload ...
+    other = context.new_page()  # ... and a second tab
+    other.goto(server["url"])
+    page.wait_for_load_state()
+    page.get_by_role("radio", name="Knowledge bases", exact=False).click()
+    deadline = time.time() + 180
+    report = page.locator("[data-testid=stAlertContentSuccess], [data-testid=stAlertContentWarning]")
+    while not report.count() and time.time() < deadline:  # watch the progress until the report appears
+        with contextlib.suppress(Exception):
+            seen.add(page.locator("[data-testid=stProgress]").first.inner_text(timeout=500))
+        page.wait_for_timeout(100)
+    settle(page)
+    assert documents_in(server["store"], "notes") == [f.name for f in files]  # every document committed
+    assert "notes: 12 added" in page.locator("[data-testid=stAlertContentSuccess]").inner_text()  # the report
+    done = {t.split(" files")[0].split()[-1] for t in seen if "files" in t}
+    assert len(done) >= 2, seen  # the progress moved while it ran (e.g. 0/12, 3/12, ...)
+    other.close()
+
+
+def test_markdown_answer_rendered_and_hostile_content_inert(server, page, tmp_path):
     doc = tmp_path / "hostile.md"
-    doc.write_text(HOSTILE, encoding="utf-8")
-    _open(page, server["url"])
-    _create_kb(page, "hostile")
-    _upload(page, "hostile", [doc])
-    _ask(page, "What does the zebra-lantern protocol do with its keys?")
-    answer = page.locator("[data-testid=stChatMessage]").nth(1)
+    doc.write_text(HOSTILE_DOC, encoding="utf-8")
+    open_page(page, server["url"])
+    create_kb(page, "hostile")
+    upload(page, "hostile", [doc])
+    ask(page, "What does the zebra-lantern protocol do with its keys?")
+    answer = page.locator("[data-testid=stChatMessage]").last
     for i in range(answer.locator("[data-testid=stExpander]").count()):
         answer.locator("[data-testid=stExpander] summary").nth(i).click()
     page.wait_for_timeout(1000)  # give any injected image or script a chance to load or run
-    _settle(page)
+    settle(page)
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "webui-hostile.png"), full_page=True)
 
-    text = page.locator("[data-testid=stMainBlockContainer]").inner_text()
-    assert "<script>" in text and "onerror" in text  # shown, as text
-    assert f"![tracker](http://{REMOTE}/pixel.png)".replace("http://", "") in text.replace("http://", "").replace(
-        "\u2060", "")
+    assert answer.locator("strong", has_text="Bold answer").count() == 1  # Markdown is rendered ...
+    assert answer.locator("table td", has_text="42").count() == 1
+    citation = answer.locator("a[href='#sources-1']")
+    assert citation.count() >= 1 and citation.first.inner_text() == "[1]"  # ... citations link to the sources
+    assert page.evaluate("() => !!document.getElementById('sources-1')")
+    text = answer.inner_text()
+    assert "<script>" in text and "onerror" in text and ":red[red]" in text and "$x^2$" in text  # ... as text
     assert page.evaluate("window.__kb_qa_pwned") is None
     assert page.evaluate(
         "() => [...document.querySelectorAll('script')].filter(s => s.textContent.includes('__kb_qa_pwned')).length"
     ) == 0
     assert page.evaluate(
-        f"() => [...document.querySelectorAll('img, image, iframe, video, audio, source, object, embed')]"
-        f".filter(e => (e.outerHTML || '').includes('{REMOTE}')).length") == 0
+        "() => [...document.querySelectorAll('[data-testid=stMain] img, [data-testid=stMain] iframe, "
+        "[data-testid=stMain] video, [data-testid=stMain] audio, [data-testid=stMain] object')].length") == 0
     assert page.evaluate("() => [...document.querySelectorAll('[onerror]')].length") == 0
-    assert not [u for u in page.requests if REMOTE in u]
-    assert not [u for u in page.requests if not u.startswith(server["url"]) and not u.startswith("data:")]
+    assert page.evaluate("() => [...document.querySelectorAll('a')].filter(a => /^\\s*(javascript|data):/i"
+                         ".test(a.getAttribute('href') || '')).length") == 0
+    assert page.evaluate("() => document.querySelectorAll('.katex').length") == 0  # no math rendering
+    passages = page.locator("[data-testid=stMainBlockContainer]").inner_text().replace("\u2060", "")
+    assert f"![tracker]({REMOTE}/pixel.png)".replace(REMOTE, f"http://{REMOTE}") in passages  # the document's, as text
+
+
+def test_stop_keeps_the_partial_answer_and_sources_and_history_survives_a_reload(server, page, tmp_path):
+    doc = tmp_path / "solar_kettle.md"
+    doc.write_text(GOOD_DOC, encoding="utf-8")
+    open_page(page, server["url"])
+    create_kb(page, "kettles")
+    upload(page, "kettles", [doc])
+    ask(page, "How long does the solar kettle take to boil water?")
+    first = page.locator("[data-testid=stChatMessage]").nth(1)
+    assert "twelve minutes" in first.inner_text() and first.locator("strong").count() == 1
+
+    ask(page, "Tell me slowly about the solar kettle mirror", wait=False)
+    bubble = page.locator("[data-testid=stChatMessage]").nth(3)
+    page.get_by_text("word3", exact=False).first.wait_for()  # generating
+    page.get_by_role("button", name="Stop").click()
+    settle(page)
+    bubble = page.locator("[data-testid=stChatMessage]").nth(3)
+    kept = bubble.inner_text()
+    assert "word3" in kept and "word59" not in kept  # what was generated until Stop, and no more
+    assert "Stopped" in kept
+    assert bubble.locator("[data-testid=stExpander]").count() >= 1  # its sources
+    assert "solar_kettle.md" in bubble.locator("[data-testid=stExpander]").first.inner_text()
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "webui-stopped.png"), full_page=True)
+
+    page.reload()  # the conversation is kept (its id is in the URL; the turns on disk)
+    settle(page)
+    messages = page.locator("[data-testid=stChatMessage]")
+    assert messages.count() == 4
+    assert "twelve minutes" in messages.nth(1).inner_text() and "word3" in messages.nth(3).inner_text()

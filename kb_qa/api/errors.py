@@ -107,6 +107,10 @@ def classify(exc: BaseException) -> ApiError | None:
         return ApiError(400, message, code="configuration_error")
     if isinstance(exc, UsageError):
         return ApiError(400, message, code="invalid_request")
+    from kb_qa.llm.openai_backend import OpenAIBackendError
+
+    if isinstance(exc, OpenAIBackendError):  # the upstream model server failed (after its retries)
+        return ApiError(502, message, code="upstream_error")
     if isinstance(exc, UnavailableError):
         # A part that is not loaded or installed: fixable by the operator, not by retrying.
         return ApiError(400, message, code="unavailable")
@@ -131,8 +135,4 @@ def _lazy(exc: BaseException) -> ApiError | None:
 
     if isinstance(exc, EmbeddingModelNotFound):
         return ApiError(400, f"{exc} (embedding.model)", code="embedding_model_not_found")
-    from kb_qa.llm.openai_backend import OpenAIBackendError
-
-    if isinstance(exc, OpenAIBackendError):
-        return ApiError(502, str(exc), code="upstream_error")
     return None

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kb_qa.ingest.loaders import SUPPORTED_EXTENSIONS, LoadError, load_bytes
+from kb_qa.ingest.discover import discover
+from kb_qa.ingest.limits import ParseOptions, check_chunks
+from kb_qa.ingest.loaders import SUPPORTED_EXTENSIONS, LoadError
 from kb_qa.ingest.splitter import split_sections
+from kb_qa.ingest.worker import parse_file
 from kb_qa.naming import validate_doc_path
 from kb_qa.schema import Chunk
 from kb_qa.settings import IngestSettings
@@ -84,26 +87,9 @@ def collect_files(paths: Iterable[str | os.PathLike], extensions: Iterable[str] 
     """Files to ingest under `paths` (folders recursively, hidden entries skipped), with their KB-relative
     source paths; plus failures for paths that do not exist. A folder's files are named relative to it; a file
     given directly is named by its file name."""
-    wanted = {e.lower() for e in (extensions or SUPPORTED_EXTENSIONS)}
-    found: dict[str, _Candidate] = {}
-    failures: list[FileOutcome] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            root = path.resolve()
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if name.startswith(".") or Path(name).suffix.lower() not in wanted:
-                        continue
-                    full = Path(dirpath) / name
-                    source = full.relative_to(root).as_posix()
-                    found.setdefault(source, _Candidate(full, source))
-        elif path.is_file():
-            found.setdefault(path.name, _Candidate(path.resolve(), path.name))
-        else:
-            failures.append(FileOutcome(str(raw), FAILED, reason="path does not exist"))
-    return list(found.values()), failures
+    found, refused = discover(paths, extensions or SUPPORTED_EXTENSIONS)  # never leaves the given folders
+    failures = [FileOutcome(r.path, FAILED, reason=r.reason) for r in refused]
+    return [_Candidate(f.path, f.source) for f in found], failures
 
 
 def _sha256(data: bytes) -> str:
@@ -152,6 +138,7 @@ def ingest(
             if new:
                 if embedder is None:
                     embedder = embedder_factory()
+                    writer.set_embedding_identity(getattr(embedder, "identity", None))  # same name, other weights?
                 texts = [c.text for p in new for c in p.chunks]
                 vectors = _encode_sorted(embedder, texts, progress=progress)
                 offset = 0
@@ -233,10 +220,12 @@ def _prepare(cand: _Candidate, writer, max_bytes: int, pending_by_sha: dict[str,
     pending = _Pending(source, str(cand.path), sha, size, status)
     if writer.has_content(sha) or sha in pending_by_sha:
         return pending  # identical bytes already stored (or queued): link, don't embed again
-    sections = load_bytes(data, cand.path.name)
+    options = ParseOptions.from_settings(settings)
+    sections = parse_file(cand.path, options, name=cand.path.name)  # in the bounded worker process
     chunks = split_sections(sections, source, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
     if not chunks:
         raise LoadError(cand.path, "no text to index")
+    check_chunks(len(chunks), cand.path, options.limits)
     pending.chunks = chunks
     return pending
 

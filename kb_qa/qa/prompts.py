@@ -42,11 +42,11 @@ class Prompts:
     followup_markers: tuple[str, ...] = ()
 
     def defuse(self, text: str) -> str:
-        """Retrieved text with the material markers neutralised (angle brackets -> full-width look-alikes)."""
-        for marker in (self.material_open, self.material_close):
-            if marker and marker in text:
-                text = text.replace(marker, marker.replace("<", "‹").replace(">", "›"))
-        return text
+        """Retrieved text (or a file name) that cannot open or close a turn or the material frame, in any
+        spelling (kb_qa.qa.framing: NFKC + confusables before checking)."""
+        from kb_qa.qa.framing import neutralise
+
+        return neutralise(text)
 
     def passage(self, n: int, label: str, text: str) -> str:
         return fill(self.source_format, n=str(n), label=self.defuse(label), text=self.defuse(text))

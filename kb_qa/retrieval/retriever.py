@@ -110,7 +110,7 @@ class Retriever:
             t = time.perf_counter()
             merged = []
             for name, kb in kbs_open.items():
-                kb.check_embedding(embeddings.model_name, embeddings.dimension)
+                kb.check_embedding(embeddings.model_name, embeddings.dimension, getattr(embeddings, "identity", None))
                 merged += [((name, cid), cos) for cid, cos in
                            dense_candidates(kb, qvec, n, allowed.get(name) if allowed else None)]
             dense_list = sorted(merged, key=lambda p: -p[1])[:n]

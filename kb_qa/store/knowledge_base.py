@@ -166,7 +166,7 @@ class KnowledgeBase:
 
     def get_meta(self, key: str) -> str | None:
         """A value other components keep in the KB's meta table (e.g. the retrieval calibration)."""
-        return records.get_meta(self.conn, key)
+        return self._query(records.get_meta, key)
 
     def put_meta(self, key: str, value: str, *, lock_timeout_s: float = 10.0) -> None:
         """Store one meta value in its own transaction, under the write lock; the index generation is unchanged
@@ -180,11 +180,13 @@ class KnowledgeBase:
             finally:
                 conn.close()
 
-    def check_embedding(self, model: str, dim: int | None = None) -> None:
-        """Refuse to mix embedding models or dimensions in one index."""
-        from kb_qa.store.writer import check_embedding
+    def check_embedding(self, model: str, dim: int | None = None, identity: dict | None = None) -> None:
+        """Refuse to mix embedding models or dimensions in one index. `identity` ({'source', 'weights_sha256'},
+        from the embedder): also refuse other weights under the same model name."""
+        from kb_qa.store.writer import check_embedding, check_identity
 
         self._query(check_embedding, self.name, model, dim)
+        self._query(check_identity, self.name, model, identity)
 
     # -- searching -----------------------------------------------------------------------------------------
     def dense_search_batch(self, queries: np.ndarray, k: int, allowed: Collection[int] | None = None

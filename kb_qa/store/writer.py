@@ -38,6 +38,25 @@ def check_embedding(conn, kb_name: str, model: str, dim: int | None) -> None:
         )
 
 
+# The embedding model's resolved source and weights hash, recorded with the first vectors (kb_qa.models.resolve).
+IDENTITY_KEYS = {"source": "embedding_source", "weights_sha256": "embedding_weights_sha256"}
+
+
+def check_identity(conn, kb_name: str, model: str, identity: dict | None) -> None:
+    """Refuse vectors or queries from other weights under the KB's model name (identity: {'source',
+    'weights_sha256'} from the embedder; None or a KB without a recorded hash: nothing to compare)."""
+    if not identity or records.count_chunks(conn) == 0:
+        return
+    built = records.get_meta(conn, IDENTITY_KEYS["weights_sha256"])
+    if built is not None and built != identity["weights_sha256"]:
+        built_source = records.get_meta(conn, IDENTITY_KEYS["source"]) or "?"
+        raise EmbeddingMismatch(
+            f"knowledge base {kb_name!r} was built with {model!r} from {built_source} (weights sha256 {built[:12]}), "
+            f"but {model!r} now resolves to {identity['source']} (weights sha256 {identity['weights_sha256'][:12]}): "
+            "other weights under the same name cannot be mixed. Re-ingest with --rebuild, or point embedding.model "
+            "at the original folder.")
+
+
 class Writer:
     """Accumulates changes in one SQLite transaction; `commit()` makes them durable and visible atomically."""
 
@@ -47,6 +66,7 @@ class Writer:
         records.init_schema(self._conn)
         self.dimension = dimension
         self.embedding_model = embedding_model
+        self.embedding_identity: dict | None = None  # set_embedding_identity(), once the model is loaded
         self._added: dict[int, np.ndarray] = {}  # chunk id -> vector, since the last commit
         self._removed: set[int] = set()
         self._in_tx = False
@@ -84,7 +104,7 @@ class Writer:
         self._added.clear()
         for table in ("documents", "chunk_terms", "chunks", "contents"):
             self._conn.execute(f"DELETE FROM {table}")
-        for key in ("embedding_model", "embedding_dim"):
+        for key in ("embedding_model", "embedding_dim", *IDENTITY_KEYS.values()):
             self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def put_document(self, source: str, sha256: str, size: int, origin: str | None,
@@ -104,6 +124,23 @@ class Writer:
         records.upsert_document(self._conn, source, sha256, size, origin)
         self._collect_orphans()
 
+    def set_embedding_identity(self, identity: dict | None) -> None:
+        """The loaded model's {'source', 'weights_sha256'}: refused if the KB holds vectors of other weights,
+        recorded with the first vectors (or now, for a KB built before identities were recorded)."""
+        self.embedding_identity = identity or None
+        if not self.embedding_identity or self.embedding_model is None:
+            return
+        self._begin()
+        if not self._cleared:
+            check_identity(self._conn, self.kb.name, self.embedding_model, self.embedding_identity)
+        if records.count_chunks(self._conn) and records.get_meta(self._conn, IDENTITY_KEYS["weights_sha256"]) is None:
+            self._store_identity()
+
+    def _store_identity(self) -> None:
+        assert self.embedding_identity is not None
+        for field, key in IDENTITY_KEYS.items():
+            records.set_meta(self._conn, key, str(self.embedding_identity[field]))
+
     def _record_embedding(self, dim: int) -> None:
         """The first vectors fix the KB's model and dimension; later ones must match them."""
         if self.embedding_model is None:
@@ -111,6 +148,8 @@ class Writer:
         if records.get_meta(self._conn, "embedding_model") is None or records.count_chunks(self._conn) == 0:
             records.set_meta(self._conn, "embedding_model", self.embedding_model)
             records.set_meta(self._conn, "embedding_dim", str(dim))
+            if self.embedding_identity:
+                self._store_identity()
         check_embedding(self._conn, self.kb.name, self.embedding_model, dim)
 
     def remove_document(self, source: str) -> bool:

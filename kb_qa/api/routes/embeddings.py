@@ -18,7 +18,7 @@ from fastapi import APIRouter
 
 from kb_qa.api.context import ApiContext, Ctx
 from kb_qa.api.errors import ApiError
-from kb_qa.api.models import EmbeddingItem, EmbeddingList, EmbeddingRequest, EmbeddingUsage, errors
+from kb_qa.api.models import EmbeddingItem, EmbeddingList, EmbeddingRequest, EmbeddingUsage, _valid_unicode, errors
 
 router = APIRouter(tags=["embeddings"])
 
@@ -39,6 +39,10 @@ def _texts(body: EmbeddingRequest) -> list[str]:
                                 "check_embedding_ctx_length=False)", param=f"input[{i}]", code="invalid_input")
         if not item:
             raise ApiError(400, f"input[{i}] is empty", param=f"input[{i}]", code="invalid_input")
+        try:
+            _valid_unicode(item)
+        except ValueError as exc:
+            raise ApiError(400, f"input[{i}]: {exc}", param=f"input[{i}]", code="invalid_input") from None
         if len(item) > 200_000:
             raise ApiError(400, f"input[{i}] is over 200000 characters", param=f"input[{i}]", code="invalid_input")
     return items

@@ -123,7 +123,13 @@ def remove_document(source: str, name: KBPath, ctx: Ctx):
     source = validate_doc_path(source)
     # Every check that can refuse (400) runs before anything is removed: a stored file that resolves outside the
     # knowledge base's folder (a planted symlink) refuses the request with the index and the file untouched.
-    safe_join((Path(ctx.app.docs_root) / name).resolve(), source)
+    try:
+        safe_join((Path(ctx.app.docs_root) / name).resolve(), source)
+    except InvalidName:
+        if source not in {d.source for d in ctx.app.kb(name).documents()}:
+            raise ApiError(404, f"knowledge base {name!r} has no document {source!r}",
+                           code="document_not_found") from None
+        raise
     if not ctx.app.remove_document(name, source, lock_timeout_s=ctx.lock_timeout_s):
         raise ApiError(404, f"knowledge base {name!r} has no document {source!r}", code="document_not_found")
     return Deleted(deleted=source)

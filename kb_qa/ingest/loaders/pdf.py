@@ -17,6 +17,9 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError
 
+    if current_options.get().pdf_backend != "pypdf":
+        raise LoadError(name, "ingest.pdf_backend: pymupdf is not implemented yet; set it to pypdf")
+
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:

@@ -1,0 +1,105 @@
+"""`kb-qa kb list | show NAME | remove NAME PATH... | delete NAME`: manage knowledge bases."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from kb_qa.cli.common import add_config_flag, guarded, load_settings_from, parser, printable
+
+EXAMPLES = """examples:
+  {prog} list
+  {prog} show samples
+  {prog} remove samples notes/old.md   # one document, by its path in the KB (its file in
+                                       # knowledge_base/samples/ is deleted too, so re-ingest keeps it out)
+  {prog} delete scratch                # the whole knowledge base (index and records; documents are kept)
+
+exit status: 0 ok, 1 some paths were not in the KB, 2 bad name or no such KB, 4 the KB is busy"""
+
+
+def build_parser(prog: str = "python -m kb_qa.kb"):
+    p = parser(prog, "Manage knowledge bases.", EXAMPLES.format(prog=prog))
+    add_config_flag(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait if the KB is busy (default 10)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="knowledge bases with their sizes")
+    sub.add_parser("show", help="a knowledge base's documents").add_argument("name")
+    sub.add_parser("delete", help="delete a knowledge base's index and records").add_argument("name")
+    remove = sub.add_parser("remove", help="remove documents (paths as `show` lists them)")
+    remove.add_argument("name")
+    remove.add_argument("paths", nargs="+")
+    return p
+
+
+def run(app, args, out=None) -> int:
+    out = out or sys.stdout
+
+    def emit(obj) -> None:
+        out.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+
+    if args.command == "list":
+        infos = [app.kb(n).info() for n in app.kb_names()]
+        if args.json:
+            emit([{"name": i.name, "documents": i.documents, "chunks": i.chunks,
+                   "embedding_model": i.embedding_model} for i in infos])
+        else:
+            for i in infos:
+                out.write(f"{i.name:24} {i.documents:6} documents {i.chunks:8} chunks  {i.embedding_model or '-'}\n")
+            if not infos:
+                out.write("no knowledge bases yet: kb-qa ingest PATH --kb NAME\n")
+        return 0
+    if args.command == "show":
+        from kb_qa.retrieval.calibration import stored as stored_calibration
+
+        kb = app.kb(args.name)
+        info, docs = kb.info(), kb.documents()
+        calibration = stored_calibration(kb)  # measured at the first search after an ingest; None until then
+        if args.json:
+            emit({"name": info.name, "embedding_model": info.embedding_model, "dimension": info.dimension,
+                  "documents": [{"source": d.source, "chunks": d.n_chunks, "bytes": d.size, "sha256": d.sha256,
+                                 "origin": d.origin, "updated_at": d.updated_at} for d in docs],
+                  "retrieval_calibration": calibration.summary() if calibration else None})
+        else:
+            out.write(f"{info.name}: {info.documents} documents, {info.chunks} chunks, "
+                      f"embedding model {info.embedding_model or '-'} ({info.dimension or '-'} dims)\n")
+            out.write(f"  retrieval reliability: {calibration.summary() if calibration else 'not measured yet'}\n")
+            for d in docs:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d.updated_at))
+                out.write(f"  {d.n_chunks:6} chunks  {d.size:10} B  {when}  {printable(d.source)}\n")
+        return 0
+    if args.command == "delete":
+        app.delete_kb(args.name, lock_timeout_s=args.wait)
+        out.write(f"deleted knowledge base {args.name!r} (its documents under {app.docs_root / args.name} are "
+                  "kept)\n")
+        return 0
+    if args.command == "remove":
+        report = app.remove_documents(args.name, args.paths, lock_timeout_s=args.wait)
+        if args.json:
+            emit({"kb": report.kb, "removed": report.removed, "missing": report.missing,
+                  "deleted_files": report.deleted_files})
+        else:
+            for path in report.removed:
+                out.write(f"removed: {printable(path)}\n")
+            for path in report.missing:
+                out.write(f"not found: {printable(path)}\n")
+            for file in report.deleted_files:
+                out.write(f"deleted file: {printable(file)}\n")
+        return 1 if report.missing else 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m kb_qa.kb", app=None) -> int:
+    args = build_parser(prog).parse_args(argv)
+
+    def body() -> int:
+        from kb_qa.app import App
+
+        return run(app or App(load_settings_from(args)), args)
+
+    return guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
