@@ -7,7 +7,7 @@ import numpy as np
 from kb_qa.retrieval.calibration import (META_KEY, Calibration, _Question, calibration_for, fit, prior,
                                          pseudo_question, sentences)
 from kb_qa.retrieval.fusion import fuse_calibrated
-from kb_qa.retrieval.terms import search_terms
+from kb_qa.store.terms import search_terms
 
 
 def test_pseudo_question_takes_a_sentence_out():

@@ -85,3 +85,35 @@ def test_cli_json(tmp_path, capsys, monkeypatch, embedder):
     assert main(["--bench", str(bench), "--kb-dir", str(kb_dir), "--json", "-q", "--modes", "fused"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["chunks_embedded"] == 0 and list(again["modes"]) == ["fused"]
+
+
+def test_questions_file_errors_name_the_line(tmp_path):
+    from kb_qa.retrieval.evaluation import QuestionsError, load_questions
+
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "ok", "source": "a.txt"}\n{"source": "a.txt"}\n', encoding="utf-8")
+    with pytest.raises(QuestionsError, match="line 2"):
+        load_questions(bad)
+    bad.write_text('{"question": "ok", "source": 3}\n', encoding="utf-8")
+    with pytest.raises(QuestionsError, match="'source'"):
+        load_questions(bad)
+
+
+def test_evaluate_an_existing_kb(app, tmp_path):
+    from kb_qa.retrieval.evaluation import evaluate_questions, format_report, load_questions, source_matches
+
+    bench = load_bench(make_bench(tmp_path / "b"))
+    ingest_bench(app, bench, "mine", tmp_path / "docs" / "sub")
+    qfile = tmp_path / "q.jsonl"
+    lines = [{"question": "How tall is the Eiffel Tower?", "source": "p1.txt", "answer": "330 metres"},
+             {"question": "龙井茶产于哪里？", "source": ["p2.txt"], "answer": "杭州"},
+             {"question": "How long do cats sleep?", "source": "p3.txt", "answer": "no such words"},
+             {"question": "What is the GDP of Mongolia in 2020?", "source": None}]
+    qfile.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    report = evaluate_questions(app, "mine", load_questions(qfile))
+    assert report["answerable"] == 3 and report["off_topic"] == 1
+    assert report["hit@1"] == 1.0 and report["mrr@10"] == 1.0
+    assert report["answer_in_retrieved"] == pytest.approx(2 / 3, abs=1e-3)
+    assert report["refused_answerable"] == 0.0 and report["refused_off_topic"] == 1.0
+    assert report["p50_ms"] > 0 and "calibration" in format_report(report)
+    assert source_matches("sub/p1.txt", "p1.txt") and not source_matches("sub/p1.txt", "other/p1.txt")

@@ -169,3 +169,35 @@ def test_cli_ingest_json_and_kb_management(tmp_path, docs):
     assert failed.returncode == 1 and "does not exist" in failed.stdout
     deleted = _cli(["kb_qa.kb", "delete", "cli"], tmp_path)
     assert deleted.returncode == 0 and not (tmp_path / "store" / "cli").exists()
+
+
+def test_rebuild_is_atomic_readers_keep_the_old_version_and_a_failed_one_leaves_it_whole(app, docs, embedder):
+    """A rebuild spanning several embedding batches (commit_every_chunks=1: one batch per file) builds the new
+    version beside the old one: readers see the old version until the end, and a rebuild that dies half way
+    (here: the embedder fails on the second batch, as a kill would) leaves the old version whole."""
+    for i in range(4):
+        (docs / f"extra{i}.txt").write_text(f"Extra document number {i} about cranes and pallets. " * 3,
+                                            encoding="utf-8")
+    run(app, [docs], CountingEmbedder(embedder))
+    kb = app.kb("kb")
+    old = {d.source: d.sha256 for d in kb.documents()}
+    old_chunks = kb.info().chunks
+    app.settings.ingest.commit_every_chunks = 1
+    seen = []
+
+    class FailsOnSecondBatch(CountingEmbedder):
+        def encode(self, texts):
+            reader = KnowledgeBase.open(app.store_root, "kb")  # another reader, as the web page or API would be
+            seen.append((reader.info().documents, reader.chunk_count()))
+            reader.close()
+            if len(seen) == 2:
+                raise OSError("simulated crash in the middle of a rebuild")
+            return super().encode(texts)
+
+    with pytest.raises(OSError, match="simulated"):
+        run(app, [docs], FailsOnSecondBatch(embedder), rebuild=True)
+    assert seen == [(len(old), old_chunks)] * 2  # readers saw the old version throughout
+    kb.close()
+    assert {d.source: d.sha256 for d in kb.documents()} == old and kb.info().chunks == old_chunks
+    ok = run(app, [docs], CountingEmbedder(embedder), rebuild=True)  # the re-run completes it
+    assert not ok.failed and kb.info().chunks == old_chunks and kb.info().documents == len(old)

@@ -135,6 +135,10 @@ def test_incremental_ingest_unchanged_changed_removed(tmp_path, embedder, docs, 
     assert not (milvus_ids(kb) & zh) and milvus_ids(kb) == record_ids(kb)
     assert kb.keyword_search(query_terms("知识库问答系统"), 5) == []
 
+    run(app, [docs], embedder, rebuild=True)  # one transaction; the collection is rebuilt from the records
+    assert milvus_ids(kb) == record_ids(kb) and not (milvus_ids(kb) & before)
+    assert kb.keyword_search(query_terms("知识库问答系统"), 1)
+
 
 def test_crashed_commit_is_reconciled_and_never_served(tmp_path, embedder, docs, milvus_uri):
     app = make_app(tmp_path, embedder, "milvus", milvus_uri)

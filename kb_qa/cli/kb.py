@@ -1,4 +1,5 @@
-"""`kb-qa kb list | show NAME | remove NAME PATH... | delete NAME`: manage knowledge bases."""
+"""`kb-qa kb list | show NAME | remove NAME PATH... | delete NAME | check [NAME] | repair NAME`: manage knowledge
+bases."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ EXAMPLES = """examples:
   {prog} remove samples notes/old.md   # one document, by its path in the KB (its file in
                                        # knowledge_base/samples/ is deleted too, so re-ingest keeps it out)
   {prog} delete scratch                # the whole knowledge base (index and records; documents are kept)
+  {prog} check                         # verify every KB: integrity, counts, index checksum, orphan files
+  {prog} repair samples                # fix what the records allow: index, keyword table, orphans
 
-exit status: 0 ok, 1 some paths were not in the KB, 2 bad name or no such KB, 4 the KB is busy"""
+exit status: 0 ok, 1 some paths were not in the KB or a check found problems, 2 bad name or no such KB, 4 the KB is busy"""
 
 
 def build_parser(prog: str = "python -m kb_qa.kb"):
@@ -27,6 +30,10 @@ def build_parser(prog: str = "python -m kb_qa.kb"):
     sub.add_parser("list", help="knowledge bases with their sizes")
     sub.add_parser("show", help="a knowledge base's documents").add_argument("name")
     sub.add_parser("delete", help="delete a knowledge base's index and records").add_argument("name")
+    sub.add_parser("check", help="verify knowledge bases (integrity, counts, index, orphan files)"
+                   ).add_argument("name", nargs="?")
+    sub.add_parser("repair", help="fix a knowledge base from its records (index, keyword table, orphans)"
+                   ).add_argument("name")
     remove = sub.add_parser("remove", help="remove documents (paths as `show` lists them)")
     remove.add_argument("name")
     remove.add_argument("paths", nargs="+")
@@ -39,15 +46,27 @@ def run(app, args, out=None) -> int:
     def emit(obj) -> None:
         out.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
 
+    if args.command in ("check", "repair"):
+        return _doctor(app, args, out, emit)
     if args.command == "list":
-        infos = [app.kb(n).info() for n in app.kb_names()]
+        from kb_qa.store import KnowledgeBaseError
+
+        infos, damaged = [], []
+        for n in app.kb_names():
+            try:
+                infos.append(app.kb(n).info())
+            except KnowledgeBaseError as exc:  # one damaged KB never hides the others
+                damaged.append((n, str(exc)))
         if args.json:
             emit([{"name": i.name, "documents": i.documents, "chunks": i.chunks,
-                   "embedding_model": i.embedding_model} for i in infos])
+                   "embedding_model": i.embedding_model} for i in infos]
+                 + [{"name": n, "damaged": reason} for n, reason in damaged])
         else:
             for i in infos:
                 out.write(f"{i.name:24} {i.documents:6} documents {i.chunks:8} chunks  {i.embedding_model or '-'}\n")
-            if not infos:
+            for n, reason in damaged:
+                out.write(f"{printable(n):24} DAMAGED: {printable(reason)}\n")
+            if not infos and not damaged:
                 out.write("no knowledge bases yet: kb-qa ingest PATH --kb NAME\n")
         return 0
     if args.command == "show":
@@ -88,6 +107,26 @@ def run(app, args, out=None) -> int:
                 out.write(f"deleted file: {printable(file)}\n")
         return 1 if report.missing else 0
     raise AssertionError(args.command)
+
+
+def _doctor(app, args, out, emit) -> int:
+    from kb_qa.store import KnowledgeBase, doctor
+
+    if args.command == "repair":
+        done = doctor.repair(KnowledgeBase(app.store_root, args.name))
+        if args.json:
+            emit(done)
+        else:
+            out.write(("\n".join(done) or "nothing to repair") + "\n")
+        return 0
+    names = [args.name] if args.name else app.kb_names()
+    reports = [doctor.check(KnowledgeBase(app.store_root, n)) for n in names]
+    if args.json:
+        emit([{"name": r.name, "ok": r.ok, "problems": r.problems, **r.facts} for r in reports])
+    else:
+        for r in reports:
+            out.write(f"{r.name}: " + ("ok" if r.ok else "; ".join(r.problems)) + "\n")
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m kb_qa.kb", app=None) -> int:

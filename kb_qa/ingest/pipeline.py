@@ -150,7 +150,10 @@ def ingest(
             for p in batch:
                 if not p.chunks:  # same bytes as content stored earlier in this run or before
                     writer.put_document(p.source, p.sha256, p.size, p.origin)
-            writer.commit()
+            if not rebuild:
+                # A rebuild commits once, at the end: the new version is built beside the old one (in the open
+                # transaction; readers keep answering from the old one) and a killed rebuild leaves the old whole.
+                writer.commit()
             for p in batch:
                 emit(FileOutcome(p.source, p.status, len(p.chunks),
                                  None if p.chunks else "same content as a document already stored"))
@@ -179,6 +182,8 @@ def ingest(
                 flush()
         if batch or writer.pending:
             flush()
+        if rebuild:
+            writer.commit()
 
         if prune:
             for doc in kb_documents_gone(writer):

@@ -270,10 +270,10 @@ def _masked(w: np.ndarray, keep: Sequence[int]) -> np.ndarray:
 # -- measuring a KB -------------------------------------------------------------------------------------------
 def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUESTIONS) -> Calibration:
     """Draw pseudo-questions from `kb`'s chunks, collect the real candidates of each, fit the model."""
-    from kb_qa.retrieval.dense import cosines, dense_candidates, dense_score
+    from kb_qa.retrieval.dense import cosines, dense_candidates
     from kb_qa.retrieval.keyword import (TermStats, keyword_candidates, keyword_similarities, keyword_similarity,
                                          query_terms)
-    from kb_qa.retrieval.terms import search_terms
+    from kb_qa.store.terms import search_terms
 
     started = time.perf_counter()
     generation = kb.info().generation
@@ -336,9 +336,14 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
     return cal
 
 
+def dense_score(cosine: float) -> float:
+    """max(0, cosine), clipped to [0, 1] (the dense similarity fusion uses)."""
+    return min(1.0, max(0.0, float(cosine)))
+
+
 def _chunk_ids(kb) -> list[int]:
     """Every chunk id of the KB, ascending."""
-    return [int(r[0]) for r in kb.conn.execute("SELECT id FROM chunks ORDER BY id")]
+    return kb.chunk_ids()
 
 
 def bm25(stats, doc_terms: Sequence[str], avgdl: float, k1: float = 1.2, b: float = 0.75) -> float:

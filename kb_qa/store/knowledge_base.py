@@ -12,7 +12,9 @@ each search has a batch form and the single form is built on it.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import contextmanager
@@ -23,12 +25,20 @@ import numpy as np
 
 from kb_qa.naming import validate_kb_name
 from kb_qa.store import records, vector_index
-from kb_qa.store.errors import KnowledgeBaseBusy, KnowledgeBaseError, KnowledgeBaseNotFound
+from kb_qa.store.errors import (
+    KnowledgeBaseBusy,
+    KnowledgeBaseDamaged,
+    KnowledgeBaseError,
+    KnowledgeBaseNotFound,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "kb.sqlite"
 LOCK_FILE = "write.lock"
+_MISSING = "missing"
+_HALF_MADE = "half-made"  # a file without tables (killed or disk full while it was created): "not created yet"
 
 
 @dataclass(frozen=True)
@@ -59,31 +69,115 @@ class KnowledgeBase:
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, store_root: Path, name: str, *, create: bool = False) -> KnowledgeBase:
+        """Open `name`; with `create`, create it if it does not exist (or was left half-made by a crash)."""
         kb = cls(store_root, name)
         if kb.path.is_symlink():
-            raise KnowledgeBaseError(f"knowledge base {name!r}: {kb.path} is a symbolic link; refusing to use it")
-        if not kb._db.is_file():
+            raise KnowledgeBaseDamaged(f"knowledge base {name!r}: {kb.path} is a symbolic link; refusing to use it")
+        state = kb._state()
+        if state == _MISSING or (state == _HALF_MADE and create):
             if not create:
                 raise KnowledgeBaseNotFound(f"knowledge base {name!r} does not exist (looked in {kb.path})")
-            kb.path.mkdir(parents=True, exist_ok=True)
-            conn = records.connect(kb._db)
+            kb._create()
+        elif state is not None:
+            raise KnowledgeBaseDamaged(kb.problem())
+        return kb
+
+    def problem(self) -> str | None:
+        """Why this KB's files cannot be used, in one line with the fix; None when they look right (or there is
+        no KB). Cheap: it checks the files and the schema, not every page (that is `kb_qa.store.doctor.check`)."""
+        state = self._state()
+        if state == _MISSING:
+            return None
+        if state == _HALF_MADE:
+            return (f"knowledge base {self.name!r} was never fully created (a crash or a full disk while it was "
+                    f"created); re-run the ingest to create it, or delete it with "
+                    f"`python -m kb_qa.kb delete {self.name}`")
+        return state
+
+    def _state(self) -> str | None:
+        """None (usable), _MISSING, _HALF_MADE, or the reason the files are damaged."""
+        if not self._db.exists() and not self._db.is_symlink():
+            return _MISSING
+        fix = f"run `kb-qa kb repair {self.name}` or delete it with `python -m kb_qa.kb delete {self.name}`"
+        if self._db.is_symlink() or not self._db.is_file():
+            return (f"knowledge base {self.name!r}: {self._db} is a symbolic link or not a regular file; "
+                    f"refusing to use it (replace it with the real file, or {fix})")
+        if self._db.stat().st_size == 0:
+            return _HALF_MADE
+        try:
+            conn = records.connect_plain(self._db)
             try:
-                records.init_schema(conn)  # idempotent; executescript commits on its own
+                missing = records.missing_tables(conn)
             finally:
                 conn.close()
-        return kb
+        except sqlite3.DatabaseError as exc:
+            return f"knowledge base {self.name!r}: {self._db} is not a readable database ({exc}); {fix}"
+        if missing == set(records.TABLES):
+            return _HALF_MADE
+        if missing:
+            return f"knowledge base {self.name!r}: tables {', '.join(sorted(missing))} are missing; {fix}"
+        return None
+
+    def _create(self) -> None:
+        """Create the records atomically: a complete database under a temporary name, renamed into place, under
+        the write lock. A crash leaves either no KB or a whole empty one, never a schema-less file."""
+        with self._write_lock(10.0):
+            if self._state() is None:
+                return  # another process created it meanwhile
+            tmp = self.path / f".{DB_FILE}.creating"
+            for leftover in self.path.glob(f".{DB_FILE}.creating*"):
+                leftover.unlink()
+            try:
+                conn = records.connect(tmp, journal="DELETE")  # no -wal beside the temporary file
+                try:
+                    records.init_schema(conn)
+                finally:
+                    conn.close()
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                for stale in (self._db, self._db.with_name(DB_FILE + "-wal"), self._db.with_name(DB_FILE + "-shm")):
+                    stale.unlink(missing_ok=True)  # a half-made file and its journal: nothing in it to keep
+                os.replace(tmp, self._db)
+                vector_index.fsync_dir(self.path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"knowledge base {self.name!r}: could not be created in {self.path}: "
+                                   f"{exc.strerror or exc}; nothing was stored") from exc
+            except sqlite3.Error as exc:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"knowledge base {self.name!r}: could not be created in {self.path}: {exc}; "
+                                   f"nothing was stored") from exc
 
     @staticmethod
     def list_names(store_root: Path) -> list[str]:
+        """Every knowledge base in the store, damaged ones included (a damaged KB never hides the others: ask
+        `KnowledgeBase(root, name).problem()` or `list_status` which is which)."""
         root = Path(store_root)
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / DB_FILE).is_file())
+        names = []
+        for p in root.iterdir():
+            if p.name.startswith(".") or not ((p / DB_FILE).exists() or (p / DB_FILE).is_symlink()):
+                continue
+            names.append(p.name)
+        return sorted(names)
+
+    @staticmethod
+    def list_status(store_root: Path) -> list[tuple[str, str | None]]:
+        """[(name, problem or None)] for every knowledge base in the store."""
+        out = []
+        for name in KnowledgeBase.list_names(store_root):
+            try:
+                problem = KnowledgeBase(store_root, name).problem()
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure is still reported, not raised
+                problem = f"knowledge base {name!r}: cannot be read ({exc})"
+            out.append((name, problem))
+        return out
 
     @staticmethod
     def delete(store_root: Path, name: str, *, lock_timeout_s: float = 10.0) -> None:
         kb = KnowledgeBase(store_root, name)
-        if not kb._db.is_file():
+        if not (kb._db.exists() or kb._db.is_symlink()):
             raise KnowledgeBaseNotFound(f"knowledge base {name!r} does not exist")
         with kb._write_lock(lock_timeout_s):
             trash = kb.path.with_name(f".{kb.name}.deleting")
@@ -167,6 +261,10 @@ class KnowledgeBase:
     def get_meta(self, key: str) -> str | None:
         """A value other components keep in the KB's meta table (e.g. the retrieval calibration)."""
         return self._query(records.get_meta, key)
+
+    def chunk_ids(self) -> list[int]:
+        """Every chunk id of the committed version, ascending."""
+        return self._query(records.chunk_ids)
 
     def put_meta(self, key: str, value: str, *, lock_timeout_s: float = 10.0) -> None:
         """Store one meta value in its own transaction, under the write lock; the index generation is unchanged

@@ -309,7 +309,8 @@ class MilvusWriter(Writer):
         finally:
             os.close(fd)
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
+        """Milvus first (marked pending), then the SQLite commit; called by `Writer.commit` (its I/O handling)."""
         if not self._in_tx:
             return
         conn = self._conn
@@ -317,16 +318,13 @@ class MilvusWriter(Writer):
         count = records.count_chunks(conn)
         if self._added or self._removed or self._cleared:
             self._mark_pending()
-            chunks = self.kb.milvus()
-            if self._cleared:
-                chunks.drop()
-            if dim_text is not None:
-                if not chunks.exists():
-                    chunks.create(int(dim_text))
-                if self._removed and not self._cleared:
-                    chunks.delete(self._removed)
-                if self._added:
-                    self._send(sorted(self._added), int(dim_text))
+            try:
+                self._apply(None if dim_text is None else int(dim_text))
+            except KnowledgeBaseError:
+                raise
+            except Exception as exc:  # pymilvus / grpc errors: the records stay as they were, the marker stays
+                raise KnowledgeBaseError(f"knowledge base {self.kb.name!r}: writing to Milvus failed ({exc}); "
+                                         "nothing was committed, the next ingest reconciles Milvus") from None
             _crash_point("milvus-before-commit")
         generation = int(records.get_meta(conn, "index_generation", "0"))
         records.set_meta(conn, "index_generation", str(generation + 1))  # readers' cache key, as locally
@@ -338,3 +336,20 @@ class MilvusWriter(Writer):
         self._added.clear()
         self._removed.clear()
         self._cleared = False
+
+    def _apply(self, dim: int | None) -> None:
+        chunks = self.kb.milvus()
+        if self._cleared:  # a rebuild (possibly another model/dimension): a fresh collection from the records
+            chunks.drop()
+            if dim is not None:
+                chunks.create(dim)
+                self._send([r[0] for r in self._conn.execute("SELECT id FROM chunks ORDER BY id")], dim)
+            return
+        if dim is None:
+            return
+        if not chunks.exists():
+            chunks.create(dim)
+        if self._removed:
+            chunks.delete(self._removed)
+        if self._added:
+            self._send(sorted(self._added), dim)

@@ -50,8 +50,10 @@ CREATE TABLE IF NOT EXISTS chunks(
     vector BLOB NOT NULL                  -- float32 little-endian, L2-normalised
 );
 CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(sha256);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2');
 """
+FTS_TABLE = ("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms "
+             "USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2')")
+SCHEMA += FTS_TABLE + ";\n"
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,18 @@ class ChunkRecord:
     sources: tuple[str, ...]  # every document path holding this content (usually one)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+TABLES = ("meta", "contents", "documents", "chunks", "chunk_terms")
+
+
+def connect_plain(path: Path) -> sqlite3.Connection:
+    """A connection that changes nothing on open (no journal-mode switch): for inspecting a file."""
+    return sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+
+
+def connect(path: Path, *, journal: str = "WAL") -> sqlite3.Connection:
     # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) so a commit is one atomic step.
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+    conn.execute(f"PRAGMA journal_mode={journal}")  # WAL: readers never block the writer, nor it them
     conn.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -91,6 +101,12 @@ def init_schema(conn: sqlite3.Connection) -> None:
     # A random id per created KB: a KB deleted and re-created under the same name is a different KB, so nothing
     # keyed by it (caches) can confuse the two.
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('kb_id', ?)", (uuid.uuid4().hex,))
+
+
+def missing_tables(conn: sqlite3.Connection) -> set[str]:
+    """The schema's tables this database lacks (all of them: a file that was never initialised)."""
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return set(TABLES) - present
 
 
 def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
@@ -208,6 +224,10 @@ def get_chunks(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, ChunkR
             out[cid] = ChunkRecord(cid, sha, ordinal, text, page, heading,
                                    tuple(sources.split("\x00")) if sources else ())
     return out
+
+
+def chunk_ids(conn: sqlite3.Connection) -> list[int]:
+    return [int(r[0]) for r in conn.execute("SELECT id FROM chunks ORDER BY id")]
 
 
 def chunk_ids_for_sources(conn: sqlite3.Connection, sources: Iterable[str]) -> set[int]:

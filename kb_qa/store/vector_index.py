@@ -61,11 +61,15 @@ def write_index(index, folder: Path, generation: int) -> tuple[Path, str]:
 
     final = index_path(folder, generation)
     tmp = folder / f".index-{generation}.faiss.tmp"
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    sha = file_sha256(tmp)
-    os.replace(tmp, final)
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        sha = file_sha256(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file must not stay behind (disk full: it is what filled it)
+        raise
     fsync_dir(folder)
     return final, sha
 

@@ -7,7 +7,9 @@ or the new version, loadable and consistent (vector count == chunk rows).
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +17,13 @@ import numpy as np
 from kb_qa.naming import validate_doc_path
 from kb_qa.schema import Chunk
 from kb_qa.store import records, vector_index
-from kb_qa.store.errors import EmbeddingMismatch, KnowledgeBaseError
+from kb_qa.store.errors import (
+    EmbeddingMismatch,
+    KnowledgeBaseDamaged,
+    KnowledgeBaseError,
+    KnowledgeBaseNotFound,
+    StorageError,
+)
 from kb_qa.store.terms import fts_document
 
 if TYPE_CHECKING:
@@ -62,8 +70,28 @@ class Writer:
 
     def __init__(self, kb: KnowledgeBase, embedding_model: str | None, dimension: int | None):
         self.kb = kb
+        state = kb._state()
+        if state == "missing":
+            raise KnowledgeBaseNotFound(f"knowledge base {kb.name!r} does not exist")
+        if state is not None:  # never write through a symlink, into a half-made or a foreign file
+            raise KnowledgeBaseDamaged(kb.problem())
         self._conn = records.connect(kb._db)
-        records.init_schema(self._conn)
+        try:
+            # A page damaged on disk is found before anything is written on top of it (O(database size)).
+            verdict = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)")]
+            if verdict != ["ok"]:
+                raise KnowledgeBaseDamaged(
+                    f"knowledge base {kb.name!r}: the database failed SQLite's quick_check ({'; '.join(verdict)}); "
+                    f"nothing was written. Run `kb-qa kb check {kb.name}` and `kb-qa kb repair {kb.name}`, or "
+                    f"re-ingest into a new knowledge base")
+            records.init_schema(self._conn)
+        except sqlite3.DatabaseError as exc:  # "database disk image is malformed" can also come as an exception
+            self._conn.close()
+            raise KnowledgeBaseDamaged(f"knowledge base {kb.name!r}: the database cannot be read ({exc}); nothing "
+                                       f"was written. Run `kb-qa kb check {kb.name}`") from exc
+        except BaseException:
+            self._conn.close()
+            raise
         self.dimension = dimension
         self.embedding_model = embedding_model
         self.embedding_identity: dict | None = None  # set_embedding_identity(), once the model is loaded
@@ -111,6 +139,14 @@ class Writer:
                      chunks: list[Chunk] | None = None, vectors: np.ndarray | None = None) -> None:
         """Point `source` at content `sha256`, storing the content's chunks if it is new. Replaces whatever the
         path held before (its old chunks go at commit if nothing else shares them)."""
+        try:
+            self._put_document(source, sha256, size, origin, chunks, vectors)
+        except (OSError, sqlite3.OperationalError) as exc:
+            self._rollback_quietly()  # the whole uncommitted batch goes: a half-written one must never commit
+            raise self._storage_error(f"storing {source}", exc) from exc
+
+    def _put_document(self, source: str, sha256: str, size: int, origin: str | None,
+                      chunks: list[Chunk] | None, vectors: np.ndarray | None) -> None:
         source = validate_doc_path(source)
         self._begin()
         if not records.content_exists(self._conn, sha256):
@@ -119,8 +155,9 @@ class Writer:
             self._record_embedding(int(vectors.shape[1]))
             terms = [fts_document(c.text) for c in chunks]
             ids = records.insert_content(self._conn, sha256, chunks, vectors, terms)
-            for chunk_id, vec in zip(ids, vectors, strict=True):
-                self._added[chunk_id] = vec
+            if not self._cleared:  # a rebuild derives its index from the records at commit: no copies in memory
+                for chunk_id, vec in zip(ids, vectors, strict=True):
+                    self._added[chunk_id] = vec
         records.upsert_document(self._conn, source, sha256, size, origin)
         self._collect_orphans()
 
@@ -172,9 +209,36 @@ class Writer:
 
     # -- commit --------------------------------------------------------------------------------------------
     def commit(self) -> None:
-        """Make every change since the last commit durable and visible, atomically."""
+        """Make every change since the last commit durable and visible, atomically. A disk-full or I/O error
+        becomes one `StorageError` line; the transaction is rolled back, so the previous version stays whole."""
         if not self._in_tx:
             return
+        try:
+            self._commit()
+        except (OSError, sqlite3.OperationalError, RuntimeError) as exc:
+            if isinstance(exc, KnowledgeBaseError) or (isinstance(exc, RuntimeError) and not _is_io(exc)):
+                raise
+            self._rollback_quietly()
+            vector_index.remove_stale_files(self.kb.path, int(self._committed_meta("index_generation") or 0))
+            raise self._storage_error("committing the changes", exc) from exc
+
+    def _storage_error(self, what: str, exc: BaseException) -> StorageError:
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1]
+        need = ""
+        if _is_disk_full(exc):
+            index = vector_index.index_path(self.kb.path, int(self._committed_meta("index_generation") or 0))
+            size = (index.stat().st_size if index.is_file() else 0) + self.kb._db.stat().st_size // 4
+            need = f" Free at least {max(size, 1 << 20) / 2**20:.0f} MiB on {self.kb.path} and run it again."
+        return StorageError(f"knowledge base {self.kb.name!r}: {what} failed: {reason}. Nothing was lost: the "
+                            f"previous version is intact and the temporary files were removed.{need}")
+
+    def _committed_meta(self, key: str) -> str | None:
+        try:
+            return records.get_meta(self._conn, key)
+        except sqlite3.Error:
+            return None
+
+    def _commit(self) -> None:
         conn = self._conn
         dim_text = records.get_meta(conn, "embedding_dim")
         generation = int(records.get_meta(conn, "index_generation", "0"))
@@ -206,9 +270,9 @@ class Writer:
         path = vector_index.index_path(self.kb.path, generation)
         # The committed count is what the index file must hold: the records now include our uncommitted rows.
         committed_count = count - len(self._added) + len(self._removed)
-        index = vector_index.read_index(path, sha, committed_count, dim) if generation else None
+        index = vector_index.read_index(path, sha, committed_count, dim) if generation and not self._cleared else None
         if index is None:
-            # First commit, or the committed file is damaged: derive it from the (uncommitted) records directly.
+            # First commit, a rebuild, or the committed file is damaged: derive it from the (uncommitted) records.
             return vector_index.from_vectors(records.iter_vectors(self._conn, dim), dim)
         if self._removed:
             index.remove_ids(np.fromiter(self._removed, dtype=np.int64))
@@ -222,11 +286,35 @@ class Writer:
             self._in_tx = False
             self._conn.execute("ROLLBACK")
 
+    def _rollback_quietly(self) -> None:
+        """Roll back whatever is open. After an I/O error SQLite may already have rolled the transaction back
+        itself ("cannot rollback - no transaction is active"): that must never replace the original error."""
+        self._in_tx = False
+        self._added.clear()
+        self._removed.clear()
+        self._cleared = False
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
     def close(self) -> None:
         try:
-            self._rollback()
+            self._rollback_quietly()
         finally:
             self._conn.close()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in text or "disk is full" in text
+
+
+def _is_io(exc: BaseException) -> bool:
+    """A faiss/SQLite RuntimeError that is really an I/O failure (faiss reports write errors as RuntimeError)."""
+    text = str(exc).lower()
+    return _is_disk_full(exc) or "write error" in text or "i/o error" in text or "read error" in text
 
 
 def _crash_point(name: str) -> None:

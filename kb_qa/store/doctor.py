@@ -1,0 +1,149 @@
+"""The store's doctor: `check(kb)` says what is wrong with a knowledge base, `repair(kb)` fixes what the records
+allow and says what it did. Both are what `kb-qa kb check [NAME]` / `kb-qa kb repair NAME` print.
+
+check: the files (regular, not symlinks, a database with the schema), SQLite's full `integrity_check`, the counts
+that must agree (chunks == keyword rows == recorded count == vectors in the index; each content's chunk count;
+no document without content, no content without document), the index file (present, checksum, dimension),
+and orphan files (other generations' indexes, temporary files of a crashed writer).
+repair (under the write lock): drop orphan files and contents, re-create the FTS table from the chunk texts,
+rebuild the vector index from the stored vectors as a new generation, and record the count. It cannot mend a
+database whose pages are damaged (integrity_check fails): that needs a re-ingest, and it says so.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from kb_qa.store import records, vector_index
+from kb_qa.store.knowledge_base import DB_FILE, KnowledgeBase
+from kb_qa.store.terms import fts_document
+
+
+@dataclass
+class CheckReport:
+    name: str
+    problems: list[str] = field(default_factory=list)
+    facts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _orphan_files(kb: KnowledgeBase, generation: int) -> list[str]:
+    out = []
+    for path in sorted(kb.path.iterdir()):
+        match = vector_index._INDEX_FILE.match(path.name)
+        if (match and int(match.group(1)) != generation) or path.name.endswith(".tmp") \
+                or path.name.startswith(f".{DB_FILE}.creating"):
+            out.append(path.name)
+    return out
+
+
+def check(kb: KnowledgeBase) -> CheckReport:
+    report = CheckReport(kb.name)
+    problem = kb.problem()
+    if kb._state() == "missing":
+        from kb_qa.store.errors import KnowledgeBaseNotFound
+
+        raise KnowledgeBaseNotFound(f"knowledge base {kb.name!r} does not exist (looked in {kb.path})")
+    if problem is not None:
+        report.problems.append(problem)
+        return report
+    conn = records.connect_plain(kb.path / DB_FILE)
+    try:
+        verdict = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+        if verdict != ["ok"]:
+            report.problems.append("SQLite integrity_check failed: " + "; ".join(verdict))
+            return report
+        chunks = records.count_chunks(conn)
+        terms = conn.execute("SELECT COUNT(*) FROM chunk_terms").fetchone()[0]
+        report.facts.update(documents=records.count_documents(conn), chunks=chunks, keyword_rows=terms)
+        if terms != chunks:
+            report.problems.append(f"keyword index has {terms} rows for {chunks} chunks")
+        recorded = records.get_meta(conn, "chunk_count")
+        if recorded is not None and int(recorded) != chunks:
+            report.problems.append(f"recorded chunk count {recorded} != {chunks} chunk rows")
+        bad = conn.execute("SELECT COUNT(*) FROM contents c WHERE n_chunks != "
+                           "(SELECT COUNT(*) FROM chunks WHERE sha256 = c.sha256)").fetchone()[0]
+        if bad:
+            report.problems.append(f"{bad} contents whose chunk count disagrees with their chunks")
+        dangling = conn.execute("SELECT COUNT(*) FROM documents WHERE sha256 NOT IN "
+                                "(SELECT sha256 FROM contents)").fetchone()[0]
+        if dangling:
+            report.problems.append(f"{dangling} documents without content")
+        orphans = conn.execute("SELECT COUNT(*) FROM contents WHERE sha256 NOT IN "
+                               "(SELECT sha256 FROM documents)").fetchone()[0]
+        if orphans:
+            report.problems.append(f"{orphans} contents no document refers to")
+        generation = int(records.get_meta(conn, "index_generation", "0"))
+        dim = records.get_meta(conn, "embedding_dim")
+        if dim is not None and (generation or chunks):
+            path = vector_index.index_path(kb.path, generation)
+            index = vector_index.read_index(path, records.get_meta(conn, "index_sha256"), chunks, int(dim))
+            if index is None:
+                report.problems.append(f"vector index {path.name} is missing, damaged or disagrees with the "
+                                       f"{chunks} chunks (searches rebuild it in memory)")
+            else:
+                report.facts["vectors"] = int(index.ntotal)
+        for name in _orphan_files(kb, generation):
+            report.problems.append(f"orphan file {name}")
+    except sqlite3.DatabaseError as exc:
+        report.problems.append(f"database cannot be read: {exc}")
+    finally:
+        conn.close()
+    return report
+
+
+def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
+    """Fix what can be fixed from the records; returns what was done (empty: nothing needed doing)."""
+    done: list[str] = []
+    before = check(kb)
+    if any(p.startswith(("SQLite integrity_check", "database cannot")) for p in before.problems) \
+            or kb.problem() is not None:
+        raise_from = before.problems[0] if before.problems else kb.problem()
+        from kb_qa.store.errors import KnowledgeBaseDamaged
+
+        raise KnowledgeBaseDamaged(f"knowledge base {kb.name!r} cannot be repaired from its records "
+                                   f"({raise_from}); re-ingest its documents with --rebuild into a new one")
+    with kb._write_lock(lock_timeout_s):
+        conn = records.connect(kb.path / DB_FILE)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            removed = records.delete_orphan_contents(conn)
+            if removed:
+                done.append(f"dropped {len(removed)} chunks of contents no document refers to")
+            conn.execute("DELETE FROM documents WHERE sha256 NOT IN (SELECT sha256 FROM contents)")
+            conn.execute("UPDATE contents SET n_chunks = "
+                         "(SELECT COUNT(*) FROM chunks WHERE sha256 = contents.sha256)")
+            conn.execute("DROP TABLE IF EXISTS chunk_terms")
+            conn.execute(records.FTS_TABLE)
+            rows = conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+            conn.executemany("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)",
+                             ((cid, fts_document(text)) for cid, text in rows))
+            done.append(f"re-created the keyword index from {len(rows)} chunk texts")
+            count = len(rows)
+            dim = records.get_meta(conn, "embedding_dim")
+            generation = int(records.get_meta(conn, "index_generation", "0")) + 1
+            if dim is not None:
+                index = vector_index.from_vectors(records.iter_vectors(conn, int(dim)), int(dim))
+                _path, sha = vector_index.write_index(index, kb.path, generation)
+                records.set_meta(conn, "index_generation", str(generation))
+                records.set_meta(conn, "index_sha256", sha)
+                done.append(f"rebuilt the vector index from {index.ntotal} stored vectors "
+                            f"(generation {generation})")
+            records.set_meta(conn, "chunk_count", str(count))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        keep = generation if dim is not None else generation - 1
+        for name in _orphan_files(kb, keep):
+            (kb.path / name).unlink(missing_ok=True)
+            done.append(f"removed orphan file {name}")
+    kb.close()  # the next search loads the new generation
+    return done
