@@ -47,6 +47,7 @@ from kb_qa.errors import UnavailableError
 from kb_qa.llm.slot import LLMSlot, LLMStatus
 from kb_qa.settings import Settings, load_settings
 from kb_qa.store import KnowledgeBase
+from kb_qa.store.backends import delete_knowledge_base, open_knowledge_base
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class App:
         with self._lock:
             kb = self._kbs.get(name)
             if kb is None or not (kb.path / "kb.sqlite").is_file():
-                kb = KnowledgeBase.open(self.store_root, name, create=create)
+                kb = open_knowledge_base(self.settings.store, self.store_root, name, create=create)
                 self._kbs[name] = kb
             return kb
 
@@ -95,7 +96,7 @@ class App:
             kb = self._kbs.pop(name, None)
             if kb is not None:
                 kb.close()
-        KnowledgeBase.delete(self.store_root, name, lock_timeout_s=lock_timeout_s)
+        delete_knowledge_base(self.settings.store, self.store_root, name, lock_timeout_s=lock_timeout_s)
 
     # -- documents (kb_qa.documents) -----------------------------------------------------------------------
     def ingest(self, name: str | None, paths, *, prune: bool = False, rebuild: bool = False,

@@ -220,6 +220,21 @@ class QASettings(Section):
     rewrite_followups: bool = Field(True, description="Rewrite follow-up questions into standalone queries.")
 
 
+class StoreSettings(Section):
+    backend: Literal["local", "milvus"] = Field(
+        "local",
+        description="Where chunk vectors and the keyword index live: 'local' (SQLite + FAISS in the KB's folder) "
+        "or 'milvus' (a Milvus collection per KB; document records stay in the KB's SQLite file). "
+        "'milvus' needs requirements-milvus.txt.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus endpoint, e.g. http://milvus-host:19530 (Standalone/Distributed) or a Zilliz Cloud URI; "
+        "a path ending in .db is a Milvus Lite file. Unset: Milvus Lite in each KB's folder (milvus.db).",
+    )
+    milvus_token: str | None = Field(None, description="Milvus token ('user:password' or an API key); unset = none.")
+
+
 class APISettings(Section):
     host: str = Field("127.0.0.1", description="Bind address; loopback by default.")
     port: int = Field(7861, ge=1, le=65535)
@@ -242,6 +257,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     qa: QASettings = Field(default_factory=QASettings)
     api: APISettings = Field(default_factory=APISettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
 
 class _DictSource(PydanticBaseSettingsSource):
