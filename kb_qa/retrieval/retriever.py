@@ -159,6 +159,11 @@ class Retriever:
             timings["rerank"] = _ms(t)
 
         t = time.perf_counter()
+        if score_threshold is None and not any(m.questions for m in models.values()):
+            # A KB too small to measure (under 3 chunks, or no usable sentence) is scored by the prior alone: its
+            # probabilities carry no evidence about this KB, so the default threshold does not refuse on them.
+            # (An explicit score_threshold still applies.) Refusal starts once the KB can be calibrated.
+            threshold = 0.0
         sources = _select(fused, kbs_open, top_k, threshold, set(paths) if files is not None else None)
         timings["select"] = _ms(t)
         timings["total"] = _ms(started)
