@@ -227,7 +227,7 @@ def test_supported_extensions():
     required = {".txt", ".md", ".pdf", ".docx", ".pptx", ".html", ".htm", ".csv", ".tsv", ".xlsx", ".json",
                 ".jsonl", ".odt", ".rtf", ".epub", ".eml", ".xml"}
     assert required <= SUPPORTED_EXTENSIONS
-    assert load_bytes("# Upper\n\ntext".encode(), "NOTES.MD")[0].heading == "Upper"  # extension case-insensitive
+    assert load_bytes(b"# Upper\n\ntext", "NOTES.MD")[0].heading == "Upper"  # extension case-insensitive
 
 
 def test_configured_extensions_are_all_supported():
