@@ -1,4 +1,5 @@
-"""HTTP API load benchmark: retrieval-only search and answer requests from 1, 8 and 32 concurrent clients.
+"""HTTP API load benchmark: retrieval-only search and answer requests from 1, 8 and 32 concurrent clients, and
+`POST /v1/embeddings` throughput (texts/s) at batch sizes 1 and 64 (one client, requests back to back).
 
 Starts `python -m kb_qa.api` in a subprocess on 127.0.0.1 (a free port, fresh data folders, no LLM, so answers are
 retrieval-only), uploads a corpus through the API, then for each endpoint and concurrency level runs a closed loop:
@@ -8,6 +9,7 @@ figures include the load generator's own CPU use.
 
     python bench/bench_api.py                                   # xquad_en corpus + questions from ../shared/eval
     python bench/bench_api.py --levels 1,8,32 --requests 400 --json
+    python bench/bench_api.py --endpoints embeddings --embed-texts 640       # only /v1/embeddings
     python bench/bench_api.py --url http://127.0.0.1:7861 --kb samples --api-key KEY   # an already running server
 """
 
@@ -135,6 +137,35 @@ async def run_level(url: str, kb: str, kind: str, clients: int, total: int, ques
             "retrieval_p50_ms": round(statistics.median(server_ms), 1) if server_ms else None}
 
 
+def embedding_texts(docs: list[tuple[str, bytes]], questions: list[str]) -> list[str]:
+    """Passage-sized texts (the corpus' documents, cut to ~1000 characters) and the questions, interleaved."""
+    passages = [text.decode("utf-8", "replace")[:1000] for _, text in docs]
+    return [t for pair in zip(passages, questions, strict=False) for t in pair] or questions
+
+
+async def run_embeddings(url: str, model: str, texts: list[str], batch: int, total: int, headers: dict) -> dict:
+    """`total` texts through /v1/embeddings in requests of `batch`, one after another: texts/s end to end."""
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as c:
+        await c.post("/v1/embeddings", json={"model": model, "input": texts[:batch]})  # warm-up
+        started = time.perf_counter()
+        done = 0
+        while done < total:
+            chunk = [texts[(done + i) % len(texts)] for i in range(min(batch, total - done))]
+            t = time.perf_counter()
+            r = await c.post("/v1/embeddings", json={"model": model, "input": chunk})
+            latencies.append(time.perf_counter() - t)
+            ok = r.status_code == 200 and len(r.json()["data"]) == len(chunk)
+            errors += not ok
+            done += len(chunk)
+        wall = time.perf_counter() - started
+    ms = sorted(x * 1000 for x in latencies)
+    return {"endpoint": f"embed/{batch}", "clients": 1, "requests": len(ms), "errors": errors,
+            "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
+            "req_per_s": round(len(ms) / wall, 1), "texts_per_s": round(total / wall, 1), "retrieval_p50_ms": None}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", default="1,8,32", help="concurrent clients per run, comma-separated")
@@ -145,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="benchmark this running server instead of starting one")
     p.add_argument("--kb", default="bench", help="knowledge base (with --url: an existing one, nothing uploaded)")
     p.add_argument("--api-key", help="bearer key for --url")
+    p.add_argument("--endpoints", default="search,answer,embeddings",
+                   help="which of search, answer, embeddings to measure, comma-separated")
+    p.add_argument("--embed-batches", default="1,64", help="/v1/embeddings batch sizes, comma-separated")
+    p.add_argument("--embed-texts", type=int, default=256, help="texts embedded per batch size")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = p.parse_args(argv)
+    endpoints = set(args.endpoints.split(","))
     levels = [int(x) for x in args.levels.split(",")]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     docs, questions = load_corpus(args.corpus, args.docs)
@@ -167,9 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: {url}  mode: {health['mode']}  embedding: {health['embedding']['detail']}", file=sys.stderr)
         rows = []
         for n in levels:  # both endpoints at each level, back to back, so they see the same background load
-            for kind in ("search", "answer"):
+            for kind in [k for k in ("search", "answer") if k in endpoints]:
                 rows.append(asyncio.run(run_level(url, args.kb, kind, n, args.requests, questions, headers)))
                 print(f"  done: {kind} x{n}: p50 {rows[-1]['p50_ms']} ms", file=sys.stderr)
+        if "embeddings" in endpoints:
+            texts = embedding_texts(docs, questions)
+            for batch in (int(x) for x in args.embed_batches.split(",")):
+                rows.append(asyncio.run(run_embeddings(url, health["embedding"]["name"], texts, batch,
+                                                       args.embed_texts, headers)))
+                print(f"  done: embeddings batch {batch}: {rows[-1]['texts_per_s']} texts/s", file=sys.stderr)
     finally:
         if proc is not None:
             proc.terminate()
@@ -183,12 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"\n{'endpoint':<8} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>7} "
-          f"{'server p50 ms':>13}")
+          f"{'server p50 ms':>13} {'texts/s':>8}")
     for r in rows:
         print(f"{r['endpoint']:<8} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8} "
-              f"{r['p95_ms']:>8} {r['req_per_s']:>7} {r['retrieval_p50_ms'] or '':>13}")
+              f"{r['p95_ms']:>8} {r['req_per_s']:>7} {r['retrieval_p50_ms'] or '':>13} {r.get('texts_per_s') or '':>8}")
     print(f"\n(search = POST /knowledge_bases/{{kb}}/search; answer = POST /v1/chat/completions model kb:{{kb}}, "
-          f"retrieval-only; server p50 = retrieval time the search endpoint reports; {os.cpu_count()} CPU cores shared "
+          f"retrieval-only; embed/B = POST /v1/embeddings with B texts per request (passages of <= 1000 characters and "
+          f"questions); server p50 = retrieval time the search endpoint reports; {os.cpu_count()} CPU cores shared "
           f"by server, clients and whatever else runs; load average at the end {os.getloadavg()[0]:.1f})")
     return 0
 

@@ -5,7 +5,8 @@
 
 For each question the dense and keyword candidate lists (retrieval.candidates each) are collected once, with the
 exact similarities the product computes; then every rule ranks the union, passages are deduplicated by document,
-and hit@1/5/10 and MRR@10 are reported per rule and set. `calibrated` is the product's rule (kb_qa.retrieval.calibration), `mixture` the previous default;
+and hit@1/5/10 and MRR@10 are reported per rule and set.
+`calibrated` is the product's rule (kb_qa.retrieval.calibration), `mixture` the previous default;
 the others are the usual alternatives (RRF k=60, Qdrant's DBSF, z-score sum, min-max sum), the mixture without
 weights or weighted by peak share, ranking by the product's score itself, and (for comparison only) the mixture at
 temperature 2 std. Nothing is tuned here: each rule has its textbook constants.
@@ -33,7 +34,7 @@ def collect(app, bench, kb_name, names):
     vectors = emb.encode_queries([text for _, text in bench.queries])
     rows = []
     doc_of: dict[int, str] = {}
-    for (qid, text), qvec in zip(bench.queries, vectors):
+    for (qid, text), qvec in zip(bench.queries, vectors, strict=True):
         dense = dense_candidates(kb, qvec, n)
         stats = TermStats(kb, query_terms(text))
         keyword = keyword_candidates(kb, text, n)
@@ -142,8 +143,8 @@ def _mixture(d, k, pool, weight="equal", temperature=1.0):
     else:
         w = [1.0 if sh else 0.0 for sh in shares]
     score: dict[int, float] = {}
-    for lst, sh, wr in zip(lists, shares, w):
-        for (cid, _), p in zip(lst, sh):
+    for lst, sh, wr in zip(lists, shares, w, strict=True):
+        for (cid, _), p in zip(lst, sh, strict=False):
             score[cid] = score.get(cid, 0.0) + wr * p
     return sorted(score, key=lambda x: -score[x])
 
@@ -179,7 +180,7 @@ def _mixture_t(d, k, pool, t):
 
     score: dict[int, float] = {}
     for lst, sh in ((d, scaled(d)), (k, scaled(k, pool))):
-        for (cid, _), p in zip(lst, sh):
+        for (cid, _), p in zip(lst, sh, strict=False):
             score[cid] = score.get(cid, 0.0) + p
     return sorted(score, key=lambda x: -score[x])
 

@@ -47,6 +47,7 @@ from kb_qa.errors import UnavailableError
 from kb_qa.llm.slot import LLMSlot, LLMStatus
 from kb_qa.settings import Settings, load_settings
 from kb_qa.store import KnowledgeBase
+from kb_qa.store.backends import delete_knowledge_base, open_knowledge_base
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ class App:
         self._lock = threading.Lock()
         self._embeddings_lock = threading.Lock()
         if embeddings is not None:
-            self.__dict__["embeddings"] = embeddings  # fills the cached_property below
+            from kb_qa.models.langchain_embeddings import as_embedder  # any LangChain Embeddings fits
+
+            self.__dict__["embeddings"] = as_embedder(embeddings, self.settings.embedding.model)  # the cached_property
         self._llm = LLMSlot(lambda: self.settings.llm, injected=llm)
 
     # -- knowledge bases -----------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ class App:
         with self._lock:
             kb = self._kbs.get(name)
             if kb is None or not (kb.path / "kb.sqlite").is_file():
-                kb = KnowledgeBase.open(self.store_root, name, create=create)
+                kb = open_knowledge_base(self.settings.store, self.store_root, name, create=create)
                 self._kbs[name] = kb
             return kb
 
@@ -93,7 +96,7 @@ class App:
             kb = self._kbs.pop(name, None)
             if kb is not None:
                 kb.close()
-        KnowledgeBase.delete(self.store_root, name, lock_timeout_s=lock_timeout_s)
+        delete_knowledge_base(self.settings.store, self.store_root, name, lock_timeout_s=lock_timeout_s)
 
     # -- documents (kb_qa.documents) -----------------------------------------------------------------------
     def ingest(self, name: str | None, paths, *, prune: bool = False, rebuild: bool = False,

@@ -15,6 +15,7 @@ Deliberately not here: Streamlit (webui.py), the question-answering chain (kb_qa
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import json
@@ -55,8 +56,9 @@ class SourceRecord:
 
     @classmethod
     def of(cls, source: Any) -> SourceRecord:
-        return cls(**{f.name: getattr(source, f.name, None) if f.name not in ("score", "chunk_id")
-                      else (getattr(source, f.name, 0) or 0) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: getattr(source, f.name, None) if f.name not in ("score", "chunk_id")
+                                  else (getattr(source, f.name, 0) or 0) for f in fields(cls)}
+        return cls(**values)
 
     def label(self) -> str:
         where = self.source
@@ -167,7 +169,7 @@ class ConversationStore:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         return record
 
-    def feedback(self) -> list[dict[str, Any]]:
+    def feedback(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
         """Every rating, the latest per (conversation, turn) winning (a user may change their mind)."""
         if not self.feedback_path.is_file():
             return []

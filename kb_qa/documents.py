@@ -23,6 +23,7 @@ class IngestInterrupted(KbQaError):
     """Ctrl-C during ingest. `committed`: the outcomes stored before it (FileOutcome list)."""
 
     exit_code = EXIT_INTERRUPTED
+    details: list[str]  # optional extra lines the CLI prints under the message (set by kb_qa/cli/ingest.py)
 
     def __init__(self, kb: str, committed: list):
         self.kb, self.committed = kb, committed

@@ -20,7 +20,8 @@ Settings (embedding model, chunk size, candidates, threshold, top_k, reranker) c
 KB_QA_* variables, so the figures are those of your configuration. With --off-topic DIR2, DIR2's questions are also
 asked against DIR's knowledge base: `refused_off_topic` is the share answered with the no-answer reply (no passage
 reached retrieval.score_threshold), `refused_answerable` the share of DIR's own questions wrongly refused.
-`calibration` is the KB's own measure of each retriever (pseudo-questions, kb_qa.retrieval.calibration). With --kb-dir the knowledge base is kept there
+`calibration` is the KB's own measure of each retriever (pseudo-questions, kb_qa.retrieval.calibration).
+With --kb-dir the knowledge base is kept there
 and a re-run re-embeds nothing; without it, a temporary folder is used and removed.
 """
 
@@ -273,7 +274,8 @@ class _TokenizerOnly:
 def format_table(report: dict) -> str:
     lines = [
         f"{report['bench']}: {report['passages']} passages ({report['chunks']} chunks), {report['questions']} questions"
-        + (f" ({report['questions_skipped']} skipped: empty or no gold passage)" if report.get("questions_skipped") else "")
+        + (f" ({report['questions_skipped']} skipped: empty or no gold passage)"
+           if report.get("questions_skipped") else "")
         + ";"
         f" embedding {report['embedding_model']}" + (f", reranker {report['reranker_model']}"
                                                      if report.get("reranker_model") else "")

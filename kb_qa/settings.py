@@ -72,7 +72,8 @@ class IngestSettings(Section):
             ".txt", ".md", ".markdown", ".pdf", ".docx", ".pptx", ".html", ".htm", ".xhtml", ".csv", ".tsv",
             ".xlsx", ".json", ".jsonl", ".odt", ".rtf", ".epub", ".eml", ".xml",
         ],
-        description="File name extensions picked up when a folder is ingested (add .png .jpg .jpeg .bmp .tif .tiff .webp to OCR images too).",
+        description="File name extensions picked up when a folder is ingested"
+        " (add .png .jpg .jpeg .bmp .tif .tiff .webp to OCR images too).",
     )
     commit_every_chunks: int = Field(
         4096, ge=1, description="Embedded chunks per atomic commit; a crash loses at most one batch of work."
@@ -174,7 +175,8 @@ class LLMSettings(Section):
     gguf_file: str | None = Field(
         None, description="Backend 'llamacpp': which .gguf in the model_path folder (None = the only one there)."
     )
-    n_threads: int | None = Field(None, ge=1, description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
+    n_threads: int | None = Field(None, ge=1,
+                                  description="Backend 'llamacpp': CPU threads (None = llama.cpp's choice).")
     adapter: str | None = Field(
         None, description="A PEFT LoRA adapter folder (merged into the weights at load time) or a ChatGLM2 P-tuning v2 "
         "checkpoint folder (config.json with pre_seq_len; run as a past key/values prefix)."
@@ -218,6 +220,21 @@ class QASettings(Section):
     rewrite_followups: bool = Field(True, description="Rewrite follow-up questions into standalone queries.")
 
 
+class StoreSettings(Section):
+    backend: Literal["local", "milvus"] = Field(
+        "local",
+        description="Where chunk vectors and the keyword index live: 'local' (SQLite + FAISS in the KB's folder) "
+        "or 'milvus' (a Milvus collection per KB; document records stay in the KB's SQLite file). "
+        "'milvus' needs requirements-milvus.txt.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus endpoint, e.g. http://milvus-host:19530 (Standalone/Distributed) or a Zilliz Cloud URI; "
+        "a path ending in .db is a Milvus Lite file. Unset: Milvus Lite in each KB's folder (milvus.db).",
+    )
+    milvus_token: str | None = Field(None, description="Milvus token ('user:password' or an API key); unset = none.")
+
+
 class APISettings(Section):
     host: str = Field("127.0.0.1", description="Bind address; loopback by default.")
     port: int = Field(7861, ge=1, le=65535)
@@ -240,6 +257,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     qa: QASettings = Field(default_factory=QASettings)
     api: APISettings = Field(default_factory=APISettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
 
 class _DictSource(PydanticBaseSettingsSource):

@@ -29,6 +29,15 @@ def make_client(app, **kwargs) -> TestClient:
     return TestClient(create_app(app, preload=False, **kwargs), raise_server_exceptions=False)
 
 
+def with_llm(client: TestClient, llm) -> TestClient:
+    """A client over a new App on the same data and embedder whose model is `llm` (the App owns the model, and
+    wraps it so every generation takes the App's generation lock)."""
+    from kb_qa.app import App
+
+    old = client.app.state.ctx.app
+    return make_client(App(old.settings, embeddings=old.embeddings, llm=llm), lock_timeout_s=0.2)
+
+
 @pytest.fixture
 def client(app):
     return make_client(app, lock_timeout_s=0.2)
@@ -396,12 +405,9 @@ class SlowLLM:
 def test_one_generation_at_a_time_and_503_beyond_the_queue(settings, embedder):
     from kb_qa.app import App
 
-    app = App(with_api(settings, max_queue=2))
-    app.__dict__["embeddings"] = embedder
-    c = make_client(app)
-    engine = c.app.state.ctx.engine
     llm = SlowLLM()
-    engine._llm, engine._llm_done = llm, True
+    app = App(with_api(settings, max_queue=2), embeddings=embedder, llm=llm)
+    c = make_client(app)
     results = []
 
     def ask(stream):
@@ -430,18 +436,14 @@ def test_one_generation_at_a_time_and_503_beyond_the_queue(settings, embedder):
 def test_stream_closed_early_frees_the_model(settings, embedder):
     from kb_qa.app import App
 
-    app = App(settings)
-    app.__dict__["embeddings"] = embedder
-    c = make_client(app)
-    engine = c.app.state.ctx.engine
     llm = SlowLLM(delay=0.05)
-    engine._llm, engine._llm_done = llm, True
+    c = make_client(App(settings, embeddings=embedder, llm=llm))
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "q"}]}
     with c.stream("POST", "/v1/chat/completions", json=body) as r:
         first = next(r.iter_lines())
         assert first.startswith("data: ")
     deadline = time.time() + 5
-    while engine is not None and time.time() < deadline:
+    while time.time() < deadline:
         status = c.app.state.ctx.gates["m"].status()
         if not status.busy and llm.active == 0:
             break
@@ -468,7 +470,7 @@ class RecordingHandle:
 
             def invoke(self, prompt, **kwargs):
                 handle.calls.append(("invoke", kwargs))
-                return "standalone question"
+                return "How long do cats sleep?"  # the rewritten, standalone question
 
         self.langchain_llm = LC()
 
@@ -485,9 +487,8 @@ class RecordingHandle:
 
 
 def test_sampling_parameters_reach_the_model(kb_client):
-    engine = kb_client.app.state.ctx.engine
     rec = RecordingHandle()
-    engine._llm, engine._llm_done = rec, True
+    kb_client = with_llm(kb_client, rec)
     msgs = [{"role": "user", "content": "How long do cats sleep?"}]
     sampling = {"temperature": 0.3, "top_p": 0.4, "max_tokens": 7, "stop": ["\n\n"], "seed": 5}
     system = [{"role": "system", "content": "Answer like a pirate."}]
@@ -525,8 +526,7 @@ def test_error_mid_stream_is_reported_in_band_and_frees_the_model(client):
             yield "partial "
             raise RuntimeError("GPU fell off the bus")
 
-    engine = client.app.state.ctx.engine
-    engine._llm, engine._llm_done = Failing(delay=0), True
+    client = with_llm(client, Failing(delay=0))
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "q"}]}
     r = client.post("/v1/chat/completions", json=body)
     events = sse_events(r.text)
@@ -565,3 +565,26 @@ def test_refused_document_removal_removes_nothing(kb_client, app, tmp_path):
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert outside.read_text(encoding="utf-8") == "keep me" and stored.is_symlink()
     assert {d["source"] for d in kb_client.get("/knowledge_bases/kb/documents").json()} == before
+
+
+def test_api_generates_under_the_apps_one_lock(settings, embedder):
+    """The API holds no model or lock of its own: while another front end of the same App generates (holds
+    app.generation_lock), an API answer waits for it."""
+    from kb_qa.app import App
+
+    llm = SlowLLM(delay=0)
+    app = App(settings, embeddings=embedder, llm=llm)
+    c = make_client(app)
+    assert c.app.state.ctx.engine.llm() is app.llm
+    done = threading.Event()
+
+    def ask():
+        c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "q"}]})
+        done.set()
+
+    with app.generation_lock:  # e.g. the web page answering in the same process
+        worker = threading.Thread(target=ask)
+        worker.start()
+        assert not done.wait(0.5) and llm.calls == 0
+    worker.join(10)
+    assert done.is_set() and llm.calls == 1

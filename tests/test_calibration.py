@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from kb_qa.retrieval.calibration import (META_KEY, Calibration, _Question, calibration_for, fit, prior,
-                                         pseudo_question, sentences)
+from kb_qa.retrieval.calibration import (
+    META_KEY,
+    Calibration,
+    _Question,
+    calibration_for,
+    fit,
+    prior,
+    pseudo_question,
+    sentences,
+)
 from kb_qa.retrieval.fusion import fuse_calibrated
 from kb_qa.store.terms import search_terms
 
@@ -58,7 +66,8 @@ def test_calibration_is_measured_once_and_stored(app, tmp_path):
     for i, topic in enumerate(["火车", "茶叶", "长城", "熊猫", "电脑", "黄河"]):
         (docs / f"d{i}.txt").write_text(
             f"{topic}是本文的主题。关于{topic}的第一个事实是它很有名，许多人研究{topic}的历史。"
-            f"第二个事实是{topic}与第{i}号文件有关，内容包括编号{i}{i}{i}。最后{topic}的介绍到此为止。", encoding="utf-8")
+            f"第二个事实是{topic}与第{i}号文件有关，内容包括编号{i}{i}{i}。最后{topic}的介绍到此为止。",
+            encoding="utf-8")
     assert not app.ingest("cal", [docs]).failed
     kb = app.kb("cal")
     cal = calibration_for(kb, app.embeddings, 20)

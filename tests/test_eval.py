@@ -29,9 +29,11 @@ QUERIES = {
 def make_bench(folder, passages=PASSAGES, queries=QUERIES):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "corpus.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"_id": pid, "title": "", "text": text}, ensure_ascii=False) + "\n" for pid, text in passages.items())
+        f.writelines(json.dumps({"_id": pid, "title": "", "text": text}, ensure_ascii=False) + "\n"
+                    for pid, text in passages.items())
     with open(folder / "queries.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n" for qid, (text, _) in queries.items())
+        f.writelines(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n"
+                    for qid, (text, _) in queries.items())
         f.write(json.dumps({"_id": "q-empty", "text": ""}) + "\n")  # skipped: empty, no gold
     with open(folder / "qrels.tsv", "w", encoding="utf-8") as f:
         f.write("query-id\tcorpus-id\tscore\n")

@@ -59,7 +59,7 @@ def test_softmax_shares_ignore_the_scale_of_the_scores(scores, a, b):
     assume(max(scores) - min(scores) > 1e-3)
     plain = softmax_shares(scores)
     moved = softmax_shares([a * s + b for s in scores])
-    assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for x, y in zip(plain, moved))
+    assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for x, y in zip(plain, moved, strict=True))
 
 
 def test_confident_keyword_side_dominates_a_flat_dense_side():

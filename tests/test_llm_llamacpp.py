@@ -19,8 +19,8 @@ pytest_plugins = ["tiny_chatglm2"]
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_available(),
                                      reason="llama-cpp-python is not installed (optional extra): " + INSTALL_HINT)
 QUESTIONS = ["What is RAG?", "检索相关的段落"]  # greedy answers of the tiny model that vary (not one repeated id)
-Q8_LOGIT_TOLERANCE = 0.15  # max |delta logit| Q8_0 vs fp32, tiny model (logits span about +-4; measured 0.084: llama.cpp
-# also quantizes the activations to 8 bit for Q8_0 matmuls)
+Q8_LOGIT_TOLERANCE = 0.15  # max |delta logit| Q8_0 vs fp32, tiny model (logits span about +-4;
+# measured 0.084: llama.cpp also quantizes the activations to 8 bit for Q8_0 matmuls)
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +153,10 @@ def test_other_sources_convert_too(tmp_path, tiny_dir, tiny_loaded, tiny_tokeniz
         folder, reference = convert_checkpoint(tiny_dir, tmp_path / "glm", fast_tokenizer=False), tiny_loaded
     else:
         from test_llm_quantized_checkpoint import official_quantize
+        from tiny_chatglm2 import load_original_state_dict
 
         from kb_qa.llm.loader import load_chatglm2
         from kb_qa.llm.quantized import QUANTIZED_LINEARS
-        from tiny_chatglm2 import load_original_state_dict
 
         packed = {}
         for name, tensor in load_original_state_dict(tiny_dir).items():

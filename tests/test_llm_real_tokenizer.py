@@ -110,7 +110,7 @@ def test_fast_tokenizer_json_matches_on_every_eval_passage(real, tmp_path):
     fast = PreTrainedTokenizerFast.from_pretrained(tmp_path)
     texts = passages + ["你好", "isopropyl sop eop", "a   b\n\n  c\t\td    ", "    leading", "👋🏽 龘𠀀", ""]
     fast_ids = fast(texts)["input_ids"]  # one batched call (Rust, parallel)
-    mismatched = [t[:40] for t, ids in zip(texts, fast_ids) if ids != real.encode(t)]
+    mismatched = [t[:40] for t, ids in zip(texts, fast_ids, strict=True) if ids != real.encode(t)]
     assert len(passages) >= 700 and not mismatched
     assert fast.decode(real.encode(passages[0]), skip_special_tokens=True) == passages[0]
     # Known difference: the fast tokenizer's chat template needs its specials parsed, so the literal text

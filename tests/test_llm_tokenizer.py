@@ -131,7 +131,7 @@ def test_response_assembler_equals_processing_the_whole(stop):
     for _ in range(500):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 4))))
-        parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         assembler = ResponseAssembler(stop)
         streamed = "".join(assembler.feed(p) for p in parts) + assembler.finish()
         whole, cut = apply_stop(process_response(text), stop)

@@ -41,7 +41,7 @@ def spans_ok(text: str, spans: list[tuple[int, int]], size: int, overlap: int) -
         piece = text[start:end]
         assert 0 < end - start <= size
         assert piece == piece.strip() and piece.strip()
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
         assert s2 > s1 and e2 > e1
         assert e1 - s2 <= overlap  # overlap never exceeds the budget
     covered = set()
@@ -80,12 +80,12 @@ def test_chinese_sentences_end_chunks():
 
 def test_overlap_is_present_and_starts_at_a_boundary():
     spans = split_text(ZH_TEXT, chunk_size=100, chunk_overlap=30)
-    overlaps = [e1 - s2 for (_, e1), (s2, _) in zip(spans, spans[1:])]
+    overlaps = [e1 - s2 for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False)]
     assert all(0 < o <= 30 for o in overlaps), overlaps
     for start, _ in spans[1:]:  # overlap begins after a sentence or clause mark, not mid-phrase
         assert ZH_TEXT[start - 1] in SENTENCE_END + "，、："
     no_overlap = split_text(ZH_TEXT, chunk_size=100, chunk_overlap=0)
-    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(no_overlap, no_overlap[1:]))
+    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(no_overlap, no_overlap[1:], strict=False))
 
 
 def test_paragraphs_then_lines_are_preferred_to_sentences():
@@ -97,7 +97,7 @@ def test_paragraphs_then_lines_are_preferred_to_sentences():
     assert [text[s:e] for s, e in spans] == paragraphs
     spans = split_text(text, chunk_size=120, chunk_overlap=30)  # overlap where it fits, same paragraph ends
     spans_ok(text, spans, 120, 30)
-    assert [text[s:e][-len(p):] for (s, e), p in zip(spans, paragraphs)] == paragraphs
+    assert [text[s:e][-len(p):] for (s, e), p in zip(spans, paragraphs, strict=False)] == paragraphs
     assert text[spans[1][0]:spans[1][1]].startswith("这是第一段的内容，") and len(spans) == 3
     short = "\n\n".join(["甲段。" * 5, "乙段。" * 5, "丙段。" * 30])
     spans = split_text(short, chunk_size=120, chunk_overlap=0)
@@ -160,7 +160,7 @@ def test_no_chunk_is_a_sliver_behind_its_overlap(size, overlap):
     for text in (heron, ZH_TEXT * 3):
         spans = split_text(text, chunk_size=size, chunk_overlap=overlap)
         spans_ok(text, spans, size, overlap)
-        for (_, e1), (_, e2) in zip(spans, spans[1:-1]):
+        for (_, e1), (_, e2) in zip(spans, spans[1:-1], strict=False):
             assert e2 - e1 >= size // 5, "a chunk that adds almost nothing new"
 
 

@@ -128,7 +128,8 @@ def build_tiny_chatglm2(directory: Path, *, shards: int = 2, safetensors: bool =
         "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
     }, indent=2), encoding="utf-8")
 
-    sd = state_dict if state_dict is not None else random_state_dict(config, seed=seed)  # shapes follow the overrides too (hidden_size, num_layers, ...)
+    # the random weights' shapes follow the overrides too (hidden_size, num_layers, ...)
+    sd = state_dict if state_dict is not None else random_state_dict(config, seed=seed)
     names = list(sd)
     per_shard = -(-len(names) // shards)
     suffix = "safetensors" if safetensors else "bin"

@@ -8,11 +8,9 @@ anything (that is `kb_qa.api.capacity`), and does not format HTTP responses.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
 
 from kb_qa.app import App
 from kb_qa.errors import UnavailableError, UsageError
@@ -140,87 +138,37 @@ class ModelInfo:
 
 
 class Engine:
+    """The API's view of one `App` (one per server process): the App owns the model (`App.llm`, loaded once,
+    its failure in `app.llm_status()`), the generation lock every front end shares (`app.generation_lock`, taken
+    by the handle itself) and the retriever; this adds only what HTTP needs (ids, per-request sampling, usage)."""
+
     def __init__(self, app: App):
         self.app = app
-        self._llm_lock = threading.Lock()
-        self._llm_loading = False
-        self._llm_done = False
-        self._llm = None
-        self._llm_reason: str | None = None
 
     # -- models --------------------------------------------------------------------------------------------
     def embedding_info(self) -> ModelInfo:
         name = self.app.settings.embedding.model
-        model = self.app.__dict__.get("embeddings")  # the App's cached_property, if it was loaded
-        if model is None:
+        if not self.app.embeddings_loaded:
             return ModelInfo(name, "not-loaded", "loads on first use")
-        describe = getattr(model, "describe", None)
+        describe = getattr(self.app.embeddings, "describe", None)
         return ModelInfo(name, "loaded", describe() if describe else None)
 
     def llm_info(self) -> ModelInfo:
-        if self._llm_loading:
-            return ModelInfo(self.llm_name(), "loading", None)
-        if not self._llm_done:
-            if self._configured_reason() is not None:
-                return ModelInfo(None, "unavailable", self._configured_reason())
-            return ModelInfo(self.llm_name(), "not-loaded", "loads on first use")
-        if self._llm is None:
-            return ModelInfo(None, "unavailable", self._llm_reason)
-        describe = getattr(self._llm, "describe", None)
-        return ModelInfo(self.llm_name(), "loaded", describe() if describe else None)
+        status = self.app.llm_status()
+        if status.state == "loading":
+            return ModelInfo(status.name, status.state, None)
+        if status.state == "unavailable":
+            return ModelInfo(None, status.state, status.reason)
+        return ModelInfo(status.name, status.state, status.reason)
 
     def llm_name(self) -> str | None:
         """The chat model's id (OpenAI `model`), or None in retrieval-only mode."""
-        if self._llm is not None and getattr(self._llm, "name", None):
-            return self._llm.name
-        if self._configured_reason() is not None or (self._llm_done and self._llm is None):
-            return None
-        s = self.app.settings.llm
-        if s.backend == "openai":
-            return s.openai_model
-        return PurePath(str(s.model_path).rstrip("/\\")).name or "chatglm2"
-
-    def _configured_reason(self) -> str | None:
-        """Why there will be no LLM, judged from the settings and the file system only (cheap)."""
-        if self._llm is not None:
-            return None
-        try:
-            from kb_qa.llm.factory import retrieval_only_reason
-        except ImportError as exc:
-            return f"retrieval-only: the LLM backend is not available ({exc})"
-        return retrieval_only_reason(self.app.settings.llm)
+        status = self.app.llm_status()
+        return None if status.state == "unavailable" else status.name
 
     def llm(self):
-        """The loaded LLM handle (loading it on first call), or None in retrieval-only mode. Thread-safe."""
-        if self._llm_done:
-            return self._llm
-        with self._llm_lock:
-            if self._llm_done:
-                return self._llm
-            self._llm_loading = True
-            try:
-                self._llm, self._llm_reason = self._load_llm()
-            finally:
-                self._llm_loading = False
-                self._llm_done = True
-            return self._llm
-
-    def _load_llm(self):
-        reason = self._configured_reason()
-        if reason is not None:
-            return None, reason
-        from kb_qa.llm.factory import resolve_llm
-
-        started = time.perf_counter()
-        try:
-            handle, detail = resolve_llm(self.app.settings.llm)
-        except Exception as exc:
-            log.exception("loading the LLM failed")
-            return None, f"retrieval-only: loading the LLM failed: {exc}"
-        if handle is not None:
-            log.info("LLM loaded in %.1f s: %s", time.perf_counter() - started, detail)
-            return handle, None
-        return None, detail
+        """The App's LLM handle (loading it on first call), or None in retrieval-only mode. Thread-safe."""
+        return self.app.llm
 
     def generating(self) -> bool:
         """Whether answers use the LLM (then they go through the generation gate)."""
@@ -231,9 +179,7 @@ class Engine:
                score_threshold: float | None = None) -> list[Source]:
         """Retrieval only: the best passages of knowledge base `kb` for `query`, scores in [0, 1] (see
         kb_qa.retrieval.retriever for what a score means)."""
-        from kb_qa.retrieval.retriever import retriever_for
-
-        return retriever_for(self.app).search(query, kb, top_k=top_k, score_threshold=score_threshold)
+        return self.app.retriever.search(query, kb, top_k=top_k, score_threshold=score_threshold)
 
     # -- answering -----------------------------------------------------------------------------------------
     def answer(self, question: str, history: History, kb: str, params: GenParams,
@@ -247,8 +193,6 @@ class Engine:
         """Text pieces as they are generated, then the complete `Answer` (last item): kb_qa.qa.chain. `system`
         goes in front of the answer's user turn (not into retrieval, which it would pollute); `stats` gets the
         usage and finish reason."""
-        from kb_qa.qa.chain import QAChain
-
         if not question.strip():
             raise BadRequest("the question is empty")
         llm = self.llm()
@@ -256,8 +200,7 @@ class Engine:
         if llm is not None:
             overrides.update(self._window_overrides(llm, params, system))
             llm = _AnswerHandle(llm, params, stats if stats is not None else Generation(), system)
-        chain = QAChain(self.app, llm)
-        return chain.stream_answer(question, list(history), kb, overrides=overrides)
+        return self.app.chain(llm).stream_answer(question, list(history), kb, overrides=overrides)
 
     def _window_overrides(self, llm, params: GenParams, system: str | None) -> dict:
         """Per-request settings for the chain: sampling, and ChatGLM2's `max_length` (prompt + answer tokens) as
@@ -287,7 +230,7 @@ class Engine:
         """Plain chat with the LLM (no knowledge base), ChatGLM2's dialogue format: text pieces, then the Answer."""
         llm = self.llm()
         if llm is None:
-            raise LLMUnavailable(f"no language model loaded ({self._llm_reason}); "
+            raise LLMUnavailable(f"no language model loaded ({self.app.llm_status().reason}); "
                                  "name a knowledge base for retrieval-only answers")
         overrides = self._overrides(llm, params, lambda: llm.count_prompt_tokens(prompt, history))
         stats = stats if stats is not None else Generation()

@@ -42,7 +42,8 @@ def version() -> str:
     except ImportError:
         pass
     try:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
 
         return dist_version("kb_qa")
     except (ImportError, PackageNotFoundError, ValueError):

@@ -137,6 +137,9 @@ def run_kb_chat(app, args, *, read: Callable[[str], str] = input, out=None) -> i
         except (KbQaError, RuntimeError) as exc:  # report and keep the session
             out.write(f"\n(error: {one_line(exc)})\n")
             continue
+        if answer is None:  # the stream ended without its final Answer: nothing to cite or to remember
+            out.write("\n")
+            continue
         out.write("\n" + format_sources(answer) + "\n")
         if answer.mode in ("llm", "chat"):
             history.append((question, answer.text))

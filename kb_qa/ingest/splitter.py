@@ -24,6 +24,13 @@ merged, so with sentences or paragraphs longer than the overlap there is none at
 is recovered with `str.find`, which can point at an earlier copy of a repeated passage. Here offsets are
 computed, not searched for.
 
+Tables are the one exception to "exact substring". A run of two or more table rows ('cell | cell' lines, as the
+docx, html and pdf loaders write them, or Markdown pipe rows) is split on row boundaries only, without overlap,
+and every chunk after the first repeats the table's header row (and a Markdown separator row under it) before its
+rows: `chunk.text == header + "\n" + section.text[chunk.start:chunk.end]`, so a row found by retrieval still
+carries its column names ("第三季度的营业收入" needs the 第三季度 column's header). The header counts towards
+`chunk_size`; a header longer than half of it is not repeated. Text around a table is split as usual.
+
 Deliberately not here: token counting (sizes are characters; the context packer counts real tokens) and any
 prefix such as the heading (it travels in `Chunk.heading`).
 """
@@ -79,11 +86,91 @@ def split_sections(sections: list[Section], source: str, *, chunk_size: int = 30
     """Split each section into chunks carrying the section's page and heading; ordinals run across all of them."""
     chunks: list[Chunk] = []
     for section in sections:
-        for start, end in split_text(section.text, chunk_size=chunk_size, chunk_overlap=chunk_overlap):
-            chunks.append(Chunk(text=section.text[start:end], source=source, page=section.page,
-                                heading=section.heading, start=start, end=end, ordinal=len(chunks),
-                                ocr=section.ocr))
+        for start, end, header in _pieces(section.text, chunk_size, chunk_overlap):
+            text = section.text[start:end] if header is None else f"{header}\n{section.text[start:end]}"
+            chunks.append(Chunk(text=text, source=source, page=section.page, heading=section.heading,
+                                start=start, end=end, ordinal=len(chunks), ocr=section.ocr))
     return chunks
+
+
+_MARKDOWN_ROW = re.compile(r"[ \t]*\|.*\|[ \t]*")
+
+
+def _is_table_row(line: str) -> bool:
+    """'a | b' (empty cells allowed: 'a |  | c') or a Markdown '| a | b |' row, with some text in it."""
+    return (" | " in line or bool(_MARKDOWN_ROW.fullmatch(line))) and bool(line.replace("|", "").strip())
+_MARKDOWN_RULE = re.compile(r"[ \t|:\-]*-{3}[ \t|:\-]*")
+
+
+def _table_regions(text: str) -> list[list[tuple[int, int]]]:
+    """Runs of at least two consecutive table rows, each row as the (start, end) span of its line."""
+    regions: list[list[tuple[int, int]]] = []
+    run: list[tuple[int, int]] = []
+    pos = 0
+    for line in text.split("\n"):
+        end = pos + len(line)
+        if _is_table_row(line):
+            run.append((pos, end))
+        else:
+            if len(run) >= 2:
+                regions.append(run)
+            run = []
+        pos = end + 1
+    if len(run) >= 2:
+        regions.append(run)
+    return regions
+
+
+def _pieces(text: str, chunk_size: int, chunk_overlap: int) -> list[tuple[int, int, str | None]]:
+    """(start, end, repeated header or None) for every chunk of `text`: prose by `split_text`, tables by rows."""
+    regions = _table_regions(text)
+    if not regions:
+        return [(s, e, None) for s, e in split_text(text, chunk_size=chunk_size, chunk_overlap=chunk_overlap)]
+    out: list[tuple[int, int, str | None]] = []
+    done = 0
+
+    def prose(a: int, b: int) -> None:
+        out.extend((a + s, a + e, None)
+                   for s, e in split_text(text[a:b], chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+
+    for rows in regions:
+        prose(done, rows[0][0])
+        out.extend(_table_pieces(text, rows, chunk_size, chunk_overlap))
+        done = rows[-1][1]
+    prose(done, len(text))
+    return out
+
+
+def _table_pieces(text: str, rows: list[tuple[int, int]], chunk_size: int,
+                  chunk_overlap: int) -> list[tuple[int, int, str | None]]:
+    """Whole rows per chunk; chunks after the first start with the header row(s) (when short enough to repeat)."""
+    header_rows = 2 if len(rows) > 2 and _MARKDOWN_RULE.fullmatch(text[rows[1][0]:rows[1][1]]) else 1
+    header = text[rows[0][0]:rows[header_rows - 1][1]].strip()
+    repeat = header if len(header) + 1 <= chunk_size // 2 else None
+    out: list[tuple[int, int, str | None]] = []
+    i = 0
+    while i < len(rows):
+        first = i == 0
+        budget = chunk_size if first or repeat is None else chunk_size - len(repeat) - 1
+        prefix = None if first else repeat
+        start = rows[i][0]
+        j = i
+        while j + 1 < len(rows) and rows[j + 1][1] - start <= budget:
+            j += 1
+        if rows[j][1] - start <= budget:
+            out.append((start, rows[j][1], prefix))
+        else:  # one row longer than the budget: cut it like prose, every piece under the header
+            overlap = min(chunk_overlap, budget - 1)
+            out.extend((start + s, start + e, prefix)
+                       for s, e in split_text(text[start:rows[j][1]], chunk_size=budget, chunk_overlap=overlap))
+        i = j + 1
+    trimmed = []
+    for s, e, h in out:
+        piece = text[s:e]
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            trimmed.append((s + lead, s + len(piece.rstrip()), h))
+    return trimmed
 
 
 def split_text(text: str, *, chunk_size: int = 300, chunk_overlap: int = 50) -> list[tuple[int, int]]:

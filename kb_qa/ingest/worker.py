@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kb_qa.ingest.limits import ParseOptions
 from kb_qa.ingest.loaders.base import LoadError
@@ -190,7 +191,7 @@ def _serve(conn, options_json: str) -> None:
         token = progress_callback.set(report)
         try:
             sections = load_document(Path(request["path"]), options=options)
-            answer = {"sections": [{"text": s.text, "page": s.page, "heading": s.heading, "ocr": s.ocr}
+            answer: dict[str, Any] = {"sections": [{"text": s.text, "page": s.page, "heading": s.heading, "ocr": s.ocr}
                                     for s in sections]}
         except LoadError as exc:
             answer = {"error": exc.reason}

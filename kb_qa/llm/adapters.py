@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def _alpha_for(module: str, config: dict) -> float:
     return float(config.get("lora_alpha", 8))
 
 
-def lora_deltas(folder: str | Path) -> dict[str, torch.Tensor]:
+def lora_deltas(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """{base weight name (as in the adapter, e.g. transformer.encoder.layers.0.self_attention.query_key_value.weight):
     scaling * B @ A} in fp32."""
     folder = Path(folder)
@@ -96,7 +97,7 @@ def lora_deltas(folder: str | Path) -> dict[str, torch.Tensor]:
     return deltas
 
 
-def native_deltas(folder: str | Path, cfg) -> dict[str, torch.Tensor]:
+def native_deltas(folder: str | os.PathLike, cfg) -> dict[str, torch.Tensor]:
     """The deltas under GlmForCausalLM's names: ChatGLM2-named ones converted (QKV split) like the base weights."""
     from kb_qa.llm.config import UnsupportedCheckpointError
     from kb_qa.llm.weights import convert_tensor
@@ -144,7 +145,7 @@ def layout_of(glm_config):
                            num_layers=glm_config.num_hidden_layers)
 
 
-def apply_adapter(model: torch.nn.Module, folder: str | Path) -> int:
+def apply_adapter(model: torch.nn.Module, folder: str | os.PathLike) -> int:
     """`llm.adapter`: merge the LoRA adapter at `folder` into a loaded GlmForCausalLM."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():

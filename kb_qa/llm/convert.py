@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,7 +67,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
         shutil.rmtree(tmp)
     tmp.mkdir()
     shard: dict[str, torch.Tensor] = {}
-    shard_bytes, shard_files, weight_map, total = 0, [], {}, 0
+    shard_files: list[tuple[str, list[str]]] = []  # (file name, tensor names in it)
+    shard_bytes, weight_map, total = 0, {}, 0
 
     def flush() -> None:
         nonlocal shard, shard_bytes
@@ -141,9 +143,12 @@ def _bpe_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[s
 def build_fast_tokenizer(model_file: str | Path):
     """A `tokenizers.Tokenizer` reproducing ChatGLM2's sentencepiece ids, with the specials appended after the pieces
     and a post-processor adding [gMASK] <sop>."""
-    from sentencepiece import sentencepiece_model_pb2
+    from sentencepiece import sentencepiece_model_pb2 as generated_pb2
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, processors
-    from tokenizers.models import BPE, Unigram
+    from tokenizers.models import BPE, Model, Unigram
+
+    # generated protobuf module: its message classes are built at import time, so mypy cannot see them
+    sentencepiece_model_pb2: Any = generated_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(model_file).read_bytes())
@@ -154,7 +159,7 @@ def build_fast_tokenizer(model_file: str | Path):
         vocab = {p.piece: i for i, p in enumerate(pieces)}
         normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
         mergeable = {p.piece: p.score for p in pieces if p.type == normal}
-        model = BPE(vocab=vocab, merges=_bpe_merges(vocab, mergeable), unk_token=unk_piece, fuse_unk=True,
+        model: Model = BPE(vocab=vocab, merges=_bpe_merges(vocab, mergeable), unk_token=unk_piece, fuse_unk=True,
                     byte_fallback=byte_fallback)
     elif proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
         model = Unigram([(p.piece, p.score) for p in pieces], unk_id=proto.trainer_spec.unk_id,
@@ -164,7 +169,7 @@ def build_fast_tokenizer(model_file: str | Path):
     tok = Tokenizer(model)
 
     spec = proto.normalizer_spec
-    steps = []
+    steps: list[normalizers.Normalizer] = []
     if spec.precompiled_charsmap:
         steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
     if spec.remove_extra_whitespaces:
@@ -174,7 +179,7 @@ def build_fast_tokenizer(model_file: str | Path):
     steps.append(normalizers.Replace(" ", "▁"))
     tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = None
-    decode_steps = [decoders.Replace("▁", " ")]
+    decode_steps: list[decoders.Decoder] = [decoders.Replace("▁", " ")]
     if byte_fallback:
         decode_steps.append(decoders.ByteFallback())
     decode_steps.append(decoders.Fuse())

@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -34,6 +35,9 @@ from kb_qa.llm.text import (  # noqa: F401 (re-exported)
     process_response,
 )
 from kb_qa.llm.tokenizer import ChatGLM2Tokenizer, History, build_chat_prompt
+
+if TYPE_CHECKING:
+    from transformers import StaticCache
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,8 @@ class InvalidScoreGuard(LogitsProcessor):
         bad = torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | ~torch.isfinite(scores).any(-1)
         fallback = torch.zeros_like(scores)
         fallback[:, 5] = 5e4
-        return torch.where(bad[:, None], fallback, scores)
+        # (FloatTensor/BoolTensor: the legacy names transformers' interface declares; torch ops return Tensor)
+        return cast(torch.FloatTensor, torch.where(bad[:, None], fallback, scores))
 
 
 class _Cancelled(StoppingCriteria):
@@ -67,7 +72,8 @@ class _Cancelled(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor,
+                    torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device))
 
 
 class _TokenQueue(BaseStreamer):
@@ -110,7 +116,8 @@ class ChatGLM2Generator:
         # static cache: fixed decode shapes; `compile` (default: on with CUDA) lets transformers torch.compile them.
         self.static_cache = static_cache
         self.compile = (self.device.type == "cuda") if compile is None else compile
-        self._cache = None
+        self._cache: StaticCache | None = None
+        self._cache_batch = 0  # the batch size _cache was built for (read only once _cache is set)
 
     # -- prompts -----------------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> list[int]:

@@ -111,7 +111,7 @@ def _vocabulary(model_file: Path, padded_vocab_size: int):
         scores.append(0.0)
         toktypes.append(types.CONTROL)
     while len(tokens) < padded_vocab_size:
-        tokens.append(f"[PAD{len(tokens)}]".encode("utf-8"))
+        tokens.append(f"[PAD{len(tokens)}]".encode())
         scores.append(0.0)
         toktypes.append(types.UNUSED)
     return tokens, scores, toktypes

@@ -319,7 +319,8 @@ def load_chatglm2(model_path: str | os.PathLike, *, device: str = "auto", dtype:
     if adapter and _is_ptuning(adapter):
         from kb_qa.llm.prefix import load_prefix
 
-        loaded.model.kb_qa_prefix = load_prefix(adapter, loaded.model)  # read by ChatGLM2Generator
+        # read by ChatGLM2Generator; torch's stubs type Module.__setattr__ as Tensor | Module only
+        loaded.model.kb_qa_prefix = load_prefix(adapter, loaded.model)  # type: ignore[assignment]
         loaded.checkpoint_note = ", ".join(filter(None, [loaded.checkpoint_note, f"p-tuning {Path(adapter).name}"]))
     elif adapter:
         from kb_qa.llm.adapters import apply_adapter

@@ -67,9 +67,11 @@ class OpenAICompatibleClient:
         self.max_retries = max_retries
         self.retry_budget_s = retry_budget_s
         self._sleep = sleep
+        # openai's annotations name only httpx2's types; at run time it takes httpx's too (is_legacy_httpx_sync_client,
+        # normalize_httpx_timeout), which the tests' MockTransport clients are
         self._sdk = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=0,
-                                  timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-                                  http_client=http_client)
+                                  timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),  # type: ignore[arg-type]
+                                  http_client=http_client)  # type: ignore[arg-type]
 
     @classmethod
     def from_settings(cls, llm_settings) -> OpenAICompatibleClient:

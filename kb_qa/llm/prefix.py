@@ -16,6 +16,7 @@ Does not train, and does not merge (a prefix cannot be folded into weights).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ class PrefixKV:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             cache.update(k.expand(batch_size, -1, -1, -1).contiguous(),
                          v.expand(batch_size, -1, -1, -1).contiguous(), layer)
         return cache
@@ -65,7 +66,7 @@ def _encoder_output(tensors: dict[str, torch.Tensor], projection: bool, folder: 
     return out  # [P, L*2*G*D]
 
 
-def load_prefix(folder: str | Path, model) -> PrefixKV:
+def load_prefix(folder: str | os.PathLike, model) -> PrefixKV:
     """The prefix of the P-tuning checkpoint at `folder`, shaped and rotated for the loaded GlmForCausalLM."""
     from transformers.models.glm.modeling_glm import apply_rotary_pos_emb
 

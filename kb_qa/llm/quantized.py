@@ -21,6 +21,7 @@ Does not quantize a float model (bitsandbytes does that in loader.py) and does n
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 
@@ -101,6 +102,9 @@ def pair_quantized(tensors: Iterator[tuple[str, torch.Tensor]], bits: int,
 class PackedLinear(torch.nn.Module):
     """A bias-free or biased Linear whose weight stays packed int4/int8 with per-row scales (see module doc)."""
 
+    qweight: torch.Tensor  # buffers registered in __init__ (declared so the checker knows they are tensors)
+    scale: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, bits: int, *, bias: bool, dtype: torch.dtype,
                  device=None):
         super().__init__()
@@ -128,7 +132,7 @@ def replace_linears(model: torch.nn.Module, bits: int, dtype: torch.dtype) -> No
     """Swap the converted model's attention and MLP Linears (q/k/v/o, gate_up, down) for PackedLinear (meta-free,
     empty: the loader fills qweight/scale/bias)."""
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
-    for layer in model.model.layers:
+    for layer in cast(torch.nn.ModuleList, model.get_submodule("model.layers")):
         for parent in (layer.self_attn, layer.mlp):
             for attr in targets:
                 linear = getattr(parent, attr, None)
@@ -171,7 +175,7 @@ def load_prequantized(folder, cfg, tokenizer, *, device: torch.device,
         else:
             # q/k/v split by rows, like the float weights: packing runs along the input dimension only.
             for (new_name, part), (_, part_scale) in zip(convert_tensor(name, tensor, cfg),
-                                                         convert_tensor(name, scale, cfg)):
+                                                         convert_tensor(name, scale, cfg), strict=True):
                 module = model.get_submodule(new_name.removesuffix(".weight"))
                 if not isinstance(module, PackedLinear) or tuple(module.qweight.shape) != tuple(part.shape):
                     raise ModelLoadError(f"{folder}: quantized weight {name} does not fit {new_name}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kb_qa.llm.config import SPECIAL_TOKENS
 from kb_qa.schema import History
@@ -99,7 +100,7 @@ class ChatGLM2Tokenizer:
             input_ids.append([self.pad_token_id] * pad + row)
             attention_mask.append([0] * pad + [1] * len(row))
             position_ids.append([0] * pad + list(range(len(row))))
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         if return_tensors == "pt":
             import torch
 

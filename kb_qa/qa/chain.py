@@ -183,7 +183,7 @@ class QAChain:
             kept: list[Source] = []
         else:
             packed = self.pack(question, sources, history, settings)
-            kept = [replace(s, text=text) for s, (_, text) in zip(sources, packed.passages)]
+            kept = [replace(s, text=text) for s, (_, text) in zip(sources, packed.passages, strict=False)]
         timings["packing"] = _ms(t)
         if on_sources is not None:
             on_sources(kept, query)

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from kb_qa.llm.estimate import PREFIX_TOKENS, estimate_tokens
 from kb_qa.schema import History
 
-
 _SENTENCE_END = re.compile(r"(?:[。！？；…!?;]+|\.(?=\s))[”’」』）》】)\"']*|\n")
 
 
@@ -116,7 +115,10 @@ def pack(question: str, passages: Sequence[tuple[str, str]], history: History, *
         if cost(n_hist, chosen + [(label, text)])[0] <= budget:
             chosen.append((label, text))
             continue
-        cut = _longest_fitting_prefix(text, lambda t, label=label: cost(n_hist, chosen + [(label, t)])[0] <= budget)
+        def fits(t: str, label: str = label) -> bool:
+            return cost(n_hist, chosen + [(label, t)])[0] <= budget
+
+        cut = _longest_fitting_prefix(text, fits)
         if cut:
             chosen.append((label, cut))
             truncated = True

@@ -61,7 +61,8 @@ def clean_rewrite(text: str) -> str:
 
 
 def standalone_query(question: str, history: History, prompts: Prompts, llm=None, *, rounds: int = 3) -> str:
-    """The query to retrieve with. `llm`: a LangChain LLM (invoke) or a handle with `.langchain_llm`; None = fallback."""
+    """The query to retrieve with. `llm`: a LangChain LLM (invoke) or a handle with `.langchain_llm`;
+    None = fallback."""
     history = [(str(q), str(a)) for q, a in history][-rounds:] if rounds > 0 else []
     if not history:
         return question

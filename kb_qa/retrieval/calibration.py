@@ -247,11 +247,12 @@ def fit(questions: Sequence[_Question]) -> Calibration:
         wt = fit_logistic(xt, yt, prior_w, RIDGE, len(train))
         ranks += [_rank_of_target(q, wt) for q in test]
     return Calibration(
-        weights=dict(zip(names, map(float, w))), questions=g,
+        weights=dict(zip(names, map(float, w), strict=True)), questions=g,
         dense=_reliability([q.dense_rank for q in questions]),
         keyword=_reliability([q.keyword_rank for q in questions]),
         fused=_reliability(ranks or [_rank_of_target(q, w) for q in questions]),
-        dense_only=dict(zip(names, map(float, dense_w))), keyword_only=dict(zip(names, map(float, keyword_w))),
+        dense_only=dict(zip(names, map(float, dense_w), strict=True)),
+        keyword_only=dict(zip(names, map(float, keyword_w), strict=True)),
     )
 
 
@@ -271,8 +272,13 @@ def _masked(w: np.ndarray, keep: Sequence[int]) -> np.ndarray:
 def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUESTIONS) -> Calibration:
     """Draw pseudo-questions from `kb`'s chunks, collect the real candidates of each, fit the model."""
     from kb_qa.retrieval.dense import cosines, dense_candidates
-    from kb_qa.retrieval.keyword import (TermStats, keyword_candidates, keyword_similarities, keyword_similarity,
-                                         query_terms)
+    from kb_qa.retrieval.keyword import (
+        TermStats,
+        keyword_candidates,
+        keyword_similarities,
+        keyword_similarity,
+        query_terms,
+    )
     from kb_qa.store.terms import search_terms
 
     started = time.perf_counter()
@@ -305,7 +311,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
     # BM25's average chunk length, estimated on the sampled chunks (in terms, as the FTS5 index counts them)
     avgdl = max(1.0, float(np.mean([len(search_terms(rec.text)) for rec in recs.values()])))
     questions: list[_Question] = []
-    for (cid, sha, question, rest), qvec, rvec in zip(drawn, vectors, rest_vectors):
+    for (_cid, sha, question, rest), qvec, rvec in zip(drawn, vectors, rest_vectors, strict=True):
         dense = dense_candidates(kb, qvec, candidates)
         stats = TermStats(kb, query_terms(question))
         keyword = keyword_candidates(kb, question, candidates)

@@ -127,8 +127,8 @@ def fuse(dense: Sequence[tuple[Hashable, float]] | None, keyword: Sequence[tuple
 
     hits: dict[Hashable, FusedHit] = {}
     order: list[Hashable] = []
-    for side, (lst, dist) in enumerate(zip(lists, dists)):
-        for rank, ((key, _raw), p) in enumerate(zip(lst, dist.shares), start=1):
+    for side, (lst, dist) in enumerate(zip(lists, dists, strict=True)):
+        for rank, ((key, _raw), p) in enumerate(zip(lst, dist.shares, strict=True), start=1):
             hit = hits.get(key)
             if hit is None:
                 hit = hits[key] = FusedHit(key, 0.0, 0.0, None, None)

@@ -30,15 +30,15 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.calibration import calibration_for
+from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
 from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
 from kb_qa.schema import Source
@@ -142,6 +142,7 @@ class Retriever:
         for name, ids in by_kb.items():
             kb = kbs_open[name]
             if use_dense:
+                assert qvec is not None  # embedded above whenever use_dense
                 dense_sim.update({(name, c): v for c, v in cosines(kb, qvec, ids).items()})
             if use_keyword:
                 keyword_sim.update({(name, c): v for c, v in
@@ -158,6 +159,11 @@ class Retriever:
             timings["rerank"] = _ms(t)
 
         t = time.perf_counter()
+        if score_threshold is None and not any(m.questions for m in models.values()):
+            # A KB too small to measure (under 3 chunks, or no usable sentence) is scored by the prior alone: its
+            # probabilities carry no evidence about this KB, so the default threshold does not refuse on them.
+            # (An explicit score_threshold still applies.) Refusal starts once the KB can be calibrated.
+            threshold = 0.0
         sources = _select(fused, kbs_open, top_k, threshold, set(paths) if files is not None else None)
         timings["select"] = _ms(t)
         timings["total"] = _ms(started)
@@ -181,7 +187,7 @@ class Retriever:
         texts = _chunk_records(head, kbs_open)
         present = [h for h in head if h.key in texts]
         probs = reranker.score(query, [texts[h.key].text for h in present])
-        for hit, p in zip(present, probs):
+        for hit, p in zip(present, probs, strict=True):
             hit.score = p
         return sorted(present, key=lambda h: -h.score)
 
@@ -222,10 +228,15 @@ def _select(fused: list[FusedHit], kbs_open, top_k: int, threshold: float,
     return [g.source(files) for g in groups]
 
 
+def _kb_chunk(hit: FusedHit) -> tuple[str, int]:
+    """The (KB name, chunk id) this retriever fuses hits under (fusion treats keys as opaque)."""
+    return cast(tuple[str, int], hit.key)
+
+
 def _chunk_records(hits: Sequence[FusedHit], kbs_open) -> dict:
     by_kb: dict[str, list[int]] = {}
     for hit in hits:
-        name, cid = hit.key
+        name, cid = _kb_chunk(hit)
         by_kb.setdefault(name, []).append(cid)
     out = {}
     for name, ids in by_kb.items():
@@ -239,7 +250,7 @@ class _Group:
     ranked, scored by its best-scoring chunk."""
 
     def __init__(self, hit: FusedHit, rec):
-        self.kb, self.head_id = hit.key
+        self.kb, self.head_id = _kb_chunk(hit)
         self.sha, self.page = rec.sha256, rec.page
         self.parts = {rec.ordinal: rec}
         self.score = hit.score
@@ -247,7 +258,7 @@ class _Group:
         self.keyword = hit.keyword_score
 
     def try_add(self, hit: FusedHit, rec) -> bool:
-        if hit.key[0] != self.kb or rec.sha256 != self.sha or rec.page != self.page:
+        if _kb_chunk(hit)[0] != self.kb or rec.sha256 != self.sha or rec.page != self.page:
             return False
         if rec.ordinal not in (min(self.parts) - 1, max(self.parts) + 1) or len(self.parts) >= MAX_MERGED:
             return False

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -109,6 +110,12 @@ def missing_tables(conn: sqlite3.Connection) -> set[str]:
     return set(TABLES) - present
 
 
+@overload
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None: ...
+@overload
+def get_meta(conn: sqlite3.Connection, key: str, default: str) -> str: ...
+@overload
+def get_meta(conn: sqlite3.Connection, key: str, default: str | None) -> str | None: ...
 def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row[0] if row else default
@@ -165,6 +172,7 @@ def insert_content(conn: sqlite3.Connection, sha256: str, chunks: list, vectors:
             (sha256, chunk.ordinal, chunk.text, chunk.page, chunk.heading, chunk.start, chunk.end,
              np.asarray(vector, dtype="<f4").tobytes()),
         )
+        assert cur.lastrowid is not None  # always set after a successful INSERT into a rowid table
         ids.append(cur.lastrowid)
         conn.execute("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)", (cur.lastrowid, chunk_terms))
     return ids

@@ -125,7 +125,8 @@ def search(index, queries: np.ndarray, k: int, allowed: Collection[int] | None =
     if allowed is not None:
         import faiss
 
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.fromiter(allowed, dtype=np.int64)))
+        # faiss's SWIG constructors set fields from keywords; its stubs do not list them
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.fromiter(allowed, dtype=np.int64)))  # type: ignore[call-arg]
         k = min(k, len(allowed))
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal),
                                params=params)

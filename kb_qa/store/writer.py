@@ -37,7 +37,7 @@ def check_embedding(conn, kb_name: str, model: str, dim: int | None) -> None:
     built_dim = records.get_meta(conn, "embedding_dim")
     if built_model is None or records.chunk_count(conn) == 0:
         return
-    if built_model != model or (dim is not None and int(built_dim) != dim):
+    if built_model != model or (dim is not None and built_dim is not None and int(built_dim) != dim):
         raise EmbeddingMismatch(
             f"knowledge base {kb_name!r} was built with embedding model {built_model!r} ({built_dim} dims), "
             f"but the configured model is {model!r}{f' ({dim} dims)' if dim else ''}. "

@@ -1,6 +1,7 @@
 """DOCX: body paragraphs and tables in order; Heading/Title styles (or outline levels) open a section.
 
-Table rows become 'cell | cell' lines. Headers, footers and comments are left out."""
+Table rows become 'cell | cell' lines, one line per row (the splitter keeps rows whole and repeats the first
+row, the header, on every chunk of a long table). Headers, footers and comments are left out."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def _docx_table_lines(table) -> list[str]:
             parts = [p.text.strip() for p in cell.paragraphs if p.text.strip()]
             for inner in cell.tables:
                 parts.append("; ".join(_docx_table_lines(inner)))
-            cells.append(" ".join(parts))
+            cells.append(" ".join(" ".join(parts).split()))  # one line per row: the splitter keeps rows whole
         if any(cells):
             lines.append(" | ".join(cells))
     return lines

@@ -1,4 +1,5 @@
-"""HTML (also used by EPUB, EML and XHTML): script/style/nav/forms dropped, h1-h6 open sections, tables as lines."""
+"""HTML (also used by EPUB, EML and XHTML): script/style/nav/forms dropped, h1-h6 open sections, tables as 'cell | cell'
+rows (one line per row; the splitter repeats the header row on every chunk of a long table)."""
 
 from __future__ import annotations
 
@@ -103,12 +104,15 @@ def _hidden(tag) -> bool:
 
 
 def _html_table_lines(table) -> list[str]:
-    lines = []
+    """Rows as 'cell | cell' lines. A cell empty in this row stays (so each value stays under its column's
+    header); a column empty in every row (layout spacers, common in filings) is dropped."""
+    rows = []
     for tr in table.find_all("tr"):
         if tr.find_parent("table") is not table:
             continue  # a nested table's row: its text is already in the enclosing cell
         cells = [re.sub(r"\s+", " ", td.get_text(" ", strip=True)) for td in tr.find_all(["td", "th"], recursive=False)]
-        cells = [c for c in cells if c]
-        if cells:
-            lines.append(" | ".join(cells))
-    return lines
+        if any(cells):
+            rows.append(cells)
+    width = max((len(r) for r in rows), default=0)
+    used = [j for j in range(width) if any(j < len(r) and r[j] for r in rows)]
+    return [" | ".join(r[j] if j < len(r) else "" for j in used).rstrip(" |") for r in rows]

@@ -1,4 +1,7 @@
-"""PDF: one section per page with text (pypdf); heading from the PDF outline when it has one."""
+"""PDF: one section per page with text (pypdf); heading from the PDF outline when it has one.
+
+Page text is what lies on the page (`pdf_text.visible_text`): pypdf alone repeats a form XObject's whole text
+on every page that shows part of it. Simple tables become 'cell | cell' rows (`pdf_tables`)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 
 from kb_qa.ingest.limits import check_pages, current_options
 from kb_qa.ingest.loaders.base import LoadError, shorten
+from kb_qa.ingest.loaders.pdf_tables import pipe_simple_tables
+from kb_qa.ingest.loaders.pdf_text import visible_text
 from kb_qa.ingest.ocr import MIN_TEXT_LAYER_CHARS, ocr_pages, open_image
 from kb_qa.schema import Section
 
@@ -17,8 +22,10 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError
 
-    if current_options.get().pdf_backend != "pypdf":
-        raise LoadError(name, "ingest.pdf_backend: pymupdf is not implemented yet; set it to pypdf")
+    if current_options.get().pdf_backend == "pymupdf":
+        from kb_qa.ingest.loaders.pdf_pymupdf import load_pdf_pymupdf
+
+        return load_pdf_pymupdf(data, name)
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -48,12 +55,12 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
         heading = first_on_page or current_heading
         current_heading = last_on_page or current_heading
         try:
-            text = page.extract_text() or ""
+            text = visible_text(page) or ""
         except Exception:  # noqa: BLE001 - one bad page must not lose the rest
             log.warning("%s: page %d could not be read", name, number, exc_info=True)
             unreadable += 1
             continue
-        text = _join_word_per_line(text)
+        text = pipe_simple_tables(_join_word_per_line(text))
         has_layer = len("".join(text.split())) >= MIN_TEXT_LAYER_CHARS
         if options.ocr == "force" or (options.ocr == "auto" and not has_layer):
             if _has_images(page):

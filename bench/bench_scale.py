@@ -1,0 +1,171 @@
+"""The store at scale: commit cost, search latency, disk and memory as a knowledge base grows (issue 14).
+
+    python bench/bench_scale.py                              # local store, 10^4 and 10^5 chunks
+    python bench/bench_scale.py --sizes 10000,100000,1000000  # + 10^6 (hours of writing on 2 cores today)
+    python bench/bench_scale.py --backend milvus --sizes 10000 # the Milvus backend (Milvus Lite in the KB folder)
+
+Synthetic chunks, committed straight through the store's `Writer` (no loaders, no embedding model): each chunk's
+text is a passage of ../shared/eval/*/corpus.jsonl cut to --chars characters (cycled, with the chunk number appended
+so every content is distinct), its vector a random 384-d unit vector (seeded). The KB is filled in commits of
+--batch chunks (one document each); at each size in --sizes the bench reports:
+
+  commit s      wall time of one more commit of the same --batch chunks at that size (what every ingest pays)
+  dense p50     KnowledgeBase.dense_search(k=10) on random unit queries, median of --queries, ms (first excluded)
+  first q       the first dense search after the commit (load + checksum of the index), ms
+  keyword p50   KnowledgeBase.keyword_search(k=10) with the terms of a 12-character passage prefix, median, ms
+  disk/chunk    bytes of the KB folder / chunks, KB (1 KB = 1000 bytes)
+  peak RSS      this process's peak resident set so far, MB (ru_maxrss)
+
+Figures depend on the machine and its load (2 shared cores here); run it alone for comparable numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kb_qa.schema import Chunk  # noqa: E402
+from kb_qa.store import KnowledgeBase  # noqa: E402
+from kb_qa.store.terms import search_terms  # noqa: E402
+
+DIM = 384
+MODEL = "synthetic-random-384"
+
+
+def passages(eval_dir: Path, chars: int) -> list[str]:
+    texts = []
+    for corpus in sorted(eval_dir.glob("*/corpus.jsonl")):
+        for line in corpus.read_text(encoding="utf-8").splitlines():
+            text = json.loads(line)["text"].strip()
+            for start in range(0, max(1, len(text) - chars + 1), chars):
+                texts.append(text[start:start + chars])
+    if not texts:
+        raise SystemExit(f"no passages under {eval_dir} (expected */corpus.jsonl)")
+    return texts
+
+
+def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM), dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def open_kb(root: Path, backend: str) -> KnowledgeBase:
+    if backend == "milvus":
+        from kb_qa.store.milvus import MilvusKnowledgeBase
+
+        return MilvusKnowledgeBase.open(root, "scale", create=True)
+    return KnowledgeBase.open(root, "scale", create=True)
+
+
+class Filler:
+    def __init__(self, kb: KnowledgeBase, texts: list[str], batch: int, seed: int):
+        self.kb, self.texts, self.batch = kb, texts, batch
+        self.rng = np.random.default_rng(seed)
+        self.chunks = 0
+        self.docs = 0
+
+    def commit_one(self) -> float:
+        """Add one document of `batch` chunks in one commit; returns the commit's wall seconds."""
+        source = f"doc{self.docs:07d}.txt"
+        chunks = [Chunk(text=f"{self.texts[(self.chunks + j) % len(self.texts)]} #{self.chunks + j}", source=source,
+                        ordinal=j) for j in range(self.batch)]
+        vectors = unit_vectors(self.rng, self.batch)
+        with self.kb.writer(embedding_model=MODEL) as w:
+            w.put_document(source, f"{self.docs:064x}", self.batch * 300, None, chunks, vectors)
+            started = time.perf_counter()
+            w.commit()
+            elapsed = time.perf_counter() - started
+        self.docs += 1
+        self.chunks += self.batch
+        return elapsed
+
+
+def measure(kb: KnowledgeBase, texts: list[str], queries: int, rng: np.random.Generator) -> dict:
+    qv = unit_vectors(rng, queries + 1)
+    started = time.perf_counter()
+    kb.dense_search(qv[0], 10)
+    first_ms = (time.perf_counter() - started) * 1000
+    dense = []
+    for q in qv[1:]:
+        started = time.perf_counter()
+        kb.dense_search(q, 10)
+        dense.append((time.perf_counter() - started) * 1000)
+    keyword = []
+    picks = rng.integers(0, len(texts), queries)
+    for i in picks:
+        terms = list(dict.fromkeys(search_terms(texts[int(i)][:12]))) or ["the"]
+        started = time.perf_counter()
+        kb.keyword_search(terms, 10)
+        keyword.append((time.perf_counter() - started) * 1000)
+    return {"first_ms": first_ms, "dense_p50_ms": statistics.median(dense),
+            "keyword_p50_ms": statistics.median(keyword)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated chunk counts (ascending)")
+    parser.add_argument("--batch", type=int, default=4096, help="chunks per commit (default 4096)")
+    parser.add_argument("--chars", type=int, default=300, help="characters per chunk text (default 300)")
+    parser.add_argument("--queries", type=int, default=50, help="searches per latency figure (default 50)")
+    parser.add_argument("--backend", choices=["local", "milvus"], default="local")
+    parser.add_argument("--eval-dir", type=Path, default=REPO.parent / "shared" / "eval")
+    parser.add_argument("--dir", type=Path, help="keep the KB here (default: a temporary folder, removed)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    texts = passages(args.eval_dir, args.chars)
+
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        root = args.dir or Path(tmp)
+        kb = open_kb(root, args.backend)
+        filler = Filler(kb, texts, args.batch, args.seed)
+        rng = np.random.default_rng(args.seed + 1)
+        rows = []
+        print(f"backend={args.backend} batch={args.batch} chunks/commit, {args.chars}-char chunks, {DIM}-d vectors, "
+              f"{len(texts)} distinct passages", flush=True)
+        header = f"{'chunks':>9} {'commit s':>9} {'dense p50':>10} {'first q':>9} {'keyword p50':>12} " \
+                 f"{'disk/chunk':>11} {'disk MB':>9} {'peak RSS':>9}"
+        print(header, flush=True)
+        for size in sizes:
+            fill_started = time.perf_counter()
+            while filler.chunks + args.batch < size:  # fill up to just below `size` ...
+                filler.commit_one()
+            fill_s = time.perf_counter() - fill_started
+            commit_s = filler.commit_one()  # ... then time the commit that crosses it
+            figures = measure(kb, texts, args.queries, rng)
+            disk = folder_bytes(kb.path)
+            row = {"chunks": filler.chunks, "commit_s": commit_s, **figures, "disk_bytes": disk,
+                   "disk_kb_per_chunk": disk / filler.chunks / 1000, "peak_rss_mb": peak_rss_mb(),
+                   "fill_s": fill_s}
+            rows.append(row)
+            print(f"{row['chunks']:>9} {commit_s:>9.2f} {figures['dense_p50_ms']:>8.1f}ms "
+                  f"{figures['first_ms']:>7.0f}ms {figures['keyword_p50_ms']:>10.1f}ms "
+                  f"{row['disk_kb_per_chunk']:>8.2f} KB {disk / 1e6:>9.1f} {row['peak_rss_mb']:>7.0f}MB", flush=True)
+        kb.close()
+    if args.json:
+        args.json.write_text(json.dumps({"backend": args.backend, "batch": args.batch, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
