@@ -218,7 +218,9 @@ def test_openai_stream(kb_client):
 
 
 def test_openai_errors(kb_client):
-    post = lambda body: kb_client.post("/v1/chat/completions", json=body)
+    def post(body):
+        return kb_client.post("/v1/chat/completions", json=body)
+
     user = [{"role": "user", "content": "hi"}]
     r = post({"model": "chatglm2-6b", "messages": user})  # plain chat, no LLM: a configuration to fix, not retry
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

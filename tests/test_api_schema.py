@@ -1,7 +1,7 @@
 """A bounded schemathesis run against the API's own OpenAPI document: generated requests for every operation (a few
 examples each, valid and invalid data, a time limit per request), in-process over ASGI. A 5xx, a response that
-does not match its documented schema, or an undocumented status code fails the test. The tiny random ChatGLM2 answers, so plain chat
-and generation are exercised too (with no model, plain chat is a deliberate 503)."""
+does not match its documented schema, or an undocumented status code fails the test. The tiny random ChatGLM2
+answers, so plain chat and generation are exercised too (with no model, plain chat is a deliberate 503)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Two pure-ASGI guards that wrap the whole API: the bearer API key and the request-body size limit.
 
 Both sit outside routing, so no endpoint can forget them (unknown paths and the OpenAPI document included); both
-answer in OpenAI's error shape like every other error (kb_qa.api.errors). CORS (Starlette's middleware, only when origins are
-configured) wraps these two, so a browser's preflight is answered without a key and error replies carry the CORS
-headers the browser needs to read them.
+answer in OpenAI's error shape like every other error (kb_qa.api.errors). CORS (Starlette's middleware, only when
+origins are configured) wraps these two, so a browser's preflight is answered without a key and error replies carry
+the CORS headers the browser needs to read them.
 
 Deliberately not here: per-file upload limits (the upload route counts each file as it reads it) and generation
 capacity (`kb_qa.api.capacity`).

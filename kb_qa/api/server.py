@@ -89,7 +89,7 @@ def create_app(app: App | None = None, settings: Settings | None = None, *, lock
             api.openapi_schema = schema
         return api.openapi_schema
 
-    api.openapi = openapi
+    api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
     return api
 
 

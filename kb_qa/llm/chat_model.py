@@ -176,5 +176,5 @@ class ChatGLM2ChatModel(BaseChatModel):
         assert total is not None  # _stream always ends with the usage chunk
         message = total.message
         ai = AIMessage(content=message.content, response_metadata=message.response_metadata,
-                       usage_metadata=message.usage_metadata)
+                       usage_metadata=getattr(message, "usage_metadata", None))  # set on AIMessageChunk
         return ChatResult(generations=[ChatGeneration(message=ai, generation_info=total.generation_info)])

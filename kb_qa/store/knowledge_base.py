@@ -25,7 +25,6 @@ import numpy as np
 
 from kb_qa.naming import validate_kb_name
 from kb_qa.store import records, vector_index
-from kb_qa.store.terms import ANALYSER_META_KEY, check_analyser
 from kb_qa.store.errors import (
     KnowledgeBaseBusy,
     KnowledgeBaseDamaged,
@@ -33,6 +32,7 @@ from kb_qa.store.errors import (
     KnowledgeBaseNotFound,
     StorageError,
 )
+from kb_qa.store.terms import ANALYSER_META_KEY, check_analyser
 
 log = logging.getLogger(__name__)
 

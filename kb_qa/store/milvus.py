@@ -28,6 +28,7 @@ import threading
 from collections.abc import Collection, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ TEXT_MAX_BYTES = 65535  # Milvus's VARCHAR limit (bytes, UTF-8)
 ANALYZER = {"tokenizer": {"type": "jieba", "mode": "search"}}
 SEND_BATCH = 1000  # rows per upsert request (keeps gRPC messages well under Milvus's 64 MB default)
 
-_clients: dict[tuple[str, str | None], object] = {}
+_clients: dict[tuple[str, str | None], Any] = {}  # (uri, token) -> pymilvus.MilvusClient (imported lazily)
 _clients_lock = threading.Lock()
 
 

@@ -109,7 +109,8 @@ def _identifier_term(m: re.Match) -> str | None:
         return _JOIN.join(parts)  # "2023-05-01" and "2023年5月1日" are the same term
     raw = m.group("code") or m.group("num")
     if m.group("code"):
-        prefix = re.match(r"[a-z/]+", raw).group(0)
+        lead = re.match(r"[a-z/]+", raw)
+        prefix = lead.group(0) if lead else ""
         if raw[len(prefix):len(prefix) + 1] == " " and (len(prefix) > 5 or prefix in _SPACE_PREFIX_WORDS):
             return None
     parts = re.findall(r"[a-z0-9]+", raw)

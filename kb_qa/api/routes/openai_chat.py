@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter
@@ -162,7 +163,7 @@ async def chat_completions(body: ChatCompletionRequest, ctx: Ctx):
             yield event(error_body(f"generation failed: {exc}", "server_error", code="generation_failed"))
             yield b"data: [DONE]\n\n"
             return
-        extra = {}
+        extra: dict[str, Any] = {}
         if answer is not None:
             extra["mode"] = answer.mode
             if kb is not None:

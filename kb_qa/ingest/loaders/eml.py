@@ -21,7 +21,8 @@ def load_eml(data: bytes, name: str) -> list[Section]:
         body_part = message
     body = ""
     if body_part is not None:
-        payload = body_part.get_payload(decode=True) or b""
+        payload = body_part.get_payload(decode=True)
+        payload = payload if isinstance(payload, bytes) else b""  # decode=True gives bytes for a leaf part
         body = _decode_declared(payload, body_part.get_content_charset(), name)
         if body_part.get_content_subtype() == "html":
             body = "\n\n".join(s.text for s in html_sections(body))

@@ -84,8 +84,8 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
 
 def _has_images(page) -> bool:
     try:
-        resources = page.get("/Resources") or {}
-        xobjects = resources.get_object().get("/XObject") if resources else None
+        resources = page.get("/Resources")
+        xobjects = resources.get_object().get("/XObject") if resources is not None else None
         if not xobjects:
             return False
         return any(xobjects[key].get_object().get("/Subtype") == "/Image" or

@@ -50,7 +50,7 @@ def load_pdf_pymupdf(data: bytes, name: str) -> list[Section]:
         sections: list[Section] = []
         to_ocr: list[int] = []
         heading = None
-        for page in document:
+        for page in document:  # type: ignore[attr-defined]  # fitz.Document iterates its pages; stubs lack __iter__
             number = page.number + 1
             heading = headings.get(number, heading)
             try:
