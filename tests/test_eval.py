@@ -116,6 +116,8 @@ def test_evaluate_an_existing_kb(app, tmp_path):
     assert report["answerable"] == 3 and report["off_topic"] == 1
     assert report["hit@1"] == 1.0 and report["mrr@10"] == 1.0
     assert report["answer_in_retrieved"] == pytest.approx(2 / 3, abs=1e-3)
-    assert report["refused_answerable"] == 0.0 and report["refused_off_topic"] == 1.0
+    # Six one-sentence passages give no pseudo-question, so this KB is scored by the prior alone and the default
+    # threshold does not refuse on it (retriever.py); refusal on a calibrated KB: tests/test_retrieval.py.
+    assert report["refused_answerable"] == 0.0 and report["refused_off_topic"] == 0.0
     assert report["p50_ms"] > 0 and "calibration" in format_report(report)
     assert source_matches("sub/p1.txt", "p1.txt") and not source_matches("sub/p1.txt", "other/p1.txt")
