@@ -50,7 +50,8 @@ def load_pdf_pymupdf(data: bytes, name: str) -> list[Section]:
         sections: list[Section] = []
         to_ocr: list[int] = []
         heading = None
-        for page in document:  # type: ignore[attr-defined]  # fitz.Document iterates its pages; stubs lack __iter__
+        # fitz.Document iterates its pages; its stubs lack __iter__ (and without pymupdf installed mypy sees Any).
+        for page in document:  # type: ignore[attr-defined,unused-ignore]
             number = page.number + 1
             heading = headings.get(number, heading)
             try:
