@@ -233,6 +233,11 @@ class StoreSettings(Section):
         "a path ending in .db is a Milvus Lite file. Unset: Milvus Lite in each KB's folder (milvus.db).",
     )
     milvus_token: str | None = Field(None, description="Milvus token ('user:password' or an API key); unset = none.")
+    ann_min_chunks: int = Field(
+        200_000, ge=1,
+        description="Local store: from this many chunks on, `kb-qa kb compact` builds an approximate (HNSW) index "
+        "whose candidates are re-scored exactly; below it every search is exact over the stored vectors.",
+    )
 
 
 class APISettings(Section):

@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   {prog} delete scratch                # the whole knowledge base (index and records; documents are kept)
   {prog} check                         # verify every KB: integrity, counts, index checksum, orphan files
   {prog} repair samples                # fix what the records allow: index, keyword table, orphans
+  {prog} compact samples               # build the approximate index of a large KB (store.ann_min_chunks)
 
 exit status: 0 ok, 1 some paths were not in the KB or a check found problems, 2 bad name or no such KB,
 4 the KB is busy"""
@@ -35,6 +36,8 @@ def build_parser(prog: str = "python -m kb_qa.kb"):
                    ).add_argument("name", nargs="?")
     sub.add_parser("repair", help="fix a knowledge base from its records (index, keyword table, orphans)"
                    ).add_argument("name")
+    sub.add_parser("compact", help="(re)build the approximate vector index of a large KB and prune tombstones "
+                   "(readers are not blocked)").add_argument("name")
     remove = sub.add_parser("remove", help="remove documents (paths as `show` lists them)")
     remove.add_argument("name")
     remove.add_argument("paths", nargs="+")
@@ -49,6 +52,19 @@ def run(app, args, out=None) -> int:
 
     if args.command in ("check", "repair"):
         return _doctor(app, args, out, emit)
+    if args.command == "compact":
+        from kb_qa.store import KnowledgeBase
+
+        if app.settings.store.backend != "local":
+            out.write("nothing to compact: Milvus maintains its own indexes (store.backend is not 'local')\n")
+            return 0
+        done = KnowledgeBase.open(app.store_root, args.name).compact(
+            ann_min_chunks=app.settings.store.ann_min_chunks, lock_timeout_s=args.wait)
+        if args.json:
+            emit(done)
+        else:
+            out.write(("\n".join(done) or "nothing to compact") + "\n")
+        return 0
     if args.command == "list":
         from kb_qa.store import KnowledgeBaseError
 

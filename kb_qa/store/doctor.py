@@ -2,11 +2,13 @@
 allow and says what it did. Both are what `kb-qa kb check [NAME]` / `kb-qa kb repair NAME` print.
 
 check: the files (regular, not symlinks, a database with the schema), SQLite's full `integrity_check`, the counts
-that must agree (chunks == keyword rows == recorded count == vectors in the index; each content's chunk count;
-no document without content, no content without document), the index file (present, checksum, dimension),
-and orphan files (other generations' indexes, temporary files of a crashed writer).
+that must agree (chunks == keyword rows == recorded count == stored vectors of the KB's dimension; each content's
+chunk count; no document without content, no content without document), the approximate index file if one is
+recorded (present, checksum, count, dimension), and orphan files (index files SQLite does not name, temporary
+files of a crashed writer or compaction).
 repair (under the write lock): drop orphan files and contents, re-create the FTS table from the chunk texts,
-rebuild the vector index from the stored vectors as a new generation, and record the count. It cannot mend a
+rebuild the approximate index (if the KB has one) from the stored vectors as a new generation, make every reader
+reload its vectors (`vectors_rebased_at`), and record the count. It cannot mend a
 database whose pages are damaged (integrity_check fails): that needs a re-ingest, and it says so.
 """
 
@@ -77,16 +79,23 @@ def check(kb: KnowledgeBase) -> CheckReport:
                                "(SELECT sha256 FROM documents)").fetchone()[0]
         if orphans:
             report.problems.append(f"{orphans} contents no document refers to")
-        generation = int(records.get_meta(conn, "index_generation", "0"))
+        generation = int(records.get_meta(conn, "ann_generation", "0"))
         dim = records.get_meta(conn, "embedding_dim")
-        if dim is not None and (generation or chunks):
+        if dim is not None:
+            vectors = conn.execute("SELECT COUNT(*) FROM chunks WHERE length(vector) = ?",
+                                   (int(dim) * 4,)).fetchone()[0]
+            report.facts["vectors"] = vectors
+            if vectors != chunks:
+                report.problems.append(f"{chunks - vectors} chunks have no vector of {dim} dimensions")
+        if dim is not None and generation:
             path = vector_index.index_path(kb.path, generation)
-            index = vector_index.read_index(path, records.get_meta(conn, "index_sha256"), chunks, int(dim))
+            index = vector_index.read_index(path, records.get_meta(conn, "ann_sha256"),
+                                            int(records.get_meta(conn, "ann_count", "-1")), int(dim))
             if index is None:
-                report.problems.append(f"vector index {path.name} is missing, damaged or disagrees with the "
-                                       f"{chunks} chunks (searches rebuild it in memory)")
+                report.problems.append(f"vector index {path.name} is missing, damaged or disagrees with its "
+                                       f"records (searches are exact until `kb repair` or `kb compact`)")
             else:
-                report.facts["vectors"] = int(index.ntotal)
+                report.facts["ann_vectors"] = int(index.ntotal)
         for name in _orphan_files(kb, generation):
             report.problems.append(f"orphan file {name}")
     except sqlite3.DatabaseError as exc:
@@ -110,10 +119,13 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
     with kb._write_lock(lock_timeout_s):
         conn = records.connect(kb.path / DB_FILE)
         try:
+            records.init_schema(conn)  # the tombstones table of a KB from before it existed
             conn.execute("BEGIN IMMEDIATE")
             removed = records.delete_orphan_contents(conn)
+            generation = int(records.get_meta(conn, "index_generation", "0")) + 1
             if removed:
                 done.append(f"dropped {len(removed)} chunks of contents no document refers to")
+                records.add_tombstones(conn, removed, generation)
             conn.execute("DELETE FROM documents WHERE sha256 NOT IN (SELECT sha256 FROM contents)")
             conn.execute("UPDATE contents SET n_chunks = "
                          "(SELECT COUNT(*) FROM chunks WHERE sha256 = contents.sha256)")
@@ -125,14 +137,21 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
             done.append(f"re-created the keyword index from {len(rows)} chunk texts")
             count = len(rows)
             dim = records.get_meta(conn, "embedding_dim")
-            generation = int(records.get_meta(conn, "index_generation", "0")) + 1
-            if dim is not None:
-                index = vector_index.from_vectors(records.iter_vectors(conn, int(dim)), int(dim))
+            keep = 0
+            if dim is not None and records.get_meta(conn, "ann_generation"):
+                index = vector_index.build_ann(records.iter_vectors(conn, int(dim)), int(dim))
                 _path, sha = vector_index.write_index(index, kb.path, generation)
-                records.set_meta(conn, "index_generation", str(generation))
-                records.set_meta(conn, "index_sha256", sha)
+                for key, value in (("ann_generation", generation), ("ann_sha256", sha), ("ann_count", index.ntotal),
+                                   ("ann_max_id", records.max_chunk_id(conn))):
+                    records.set_meta(conn, key, str(value))
+                records.prune_tombstones(conn, generation)
+                keep = generation
                 done.append(f"rebuilt the vector index from {index.ntotal} stored vectors "
                             f"(generation {generation})")
+            elif dim is not None:
+                done.append(f"checked the {count} stored vectors (searched exactly: no index file to rebuild)")
+            records.set_meta(conn, "index_generation", str(generation))
+            records.set_meta(conn, "vectors_rebased_at", str(generation))  # every reader reloads
             records.set_meta(conn, "chunk_count", str(count))
             conn.execute("COMMIT")
         except BaseException:
@@ -141,7 +160,6 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
             raise
         finally:
             conn.close()
-        keep = generation if dim is not None else generation - 1
         for name in _orphan_files(kb, keep):
             (kb.path / name).unlink(missing_ok=True)
             done.append(f"removed orphan file {name}")

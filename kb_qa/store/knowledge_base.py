@@ -1,7 +1,9 @@
-"""A knowledge base on disk: `vector_store/<name>/` holding `kb.sqlite` (records) and `index-<gen>.faiss`.
+"""A knowledge base on disk: `vector_store/<name>/` holding `kb.sqlite` (records, vectors included) and, for large
+KBs after `kb compact`, one approximate index file `index-<gen>.faiss`.
 
-Reading needs no lock: SQLite in WAL mode gives each query a consistent snapshot, and the FAISS file of the
-committed generation is complete by construction (see vector_index). Writing takes an exclusive file lock
+Reading needs no lock: SQLite in WAL mode gives each query a consistent snapshot, each reader keeps its vector
+index current from that snapshot (see live_index), and the index file SQLite names is complete by construction
+(see vector_index). Writing takes an exclusive file lock
 (`write.lock`), so two writers (two CLI runs, or the CLI and the web page) never interleave: the second waits up to
 `lock_timeout_s`, then gets `KnowledgeBaseBusy`. The writing side is `kb_qa.store.writer`.
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from kb_qa.naming import validate_kb_name
-from kb_qa.store import records, vector_index
+from kb_qa.store import live_index, records, vector_index
 from kb_qa.store.errors import (
     KnowledgeBaseBusy,
     KnowledgeBaseDamaged,
@@ -61,9 +63,8 @@ class KnowledgeBase:
         self.path = Path(store_root) / self.name
         self._db = self.path / DB_FILE
         self._read_conn = None
-        self._index = None
-        self._index_generation: int | None = None
-        self._load_lock = threading.Lock()
+        self._index: live_index.LiveIndex | None = None
+        self._load_lock = threading.RLock()  # loading/advancing the index vs searching it
         self._query_lock = threading.Lock()  # the read connection is shared by threads; one statement at a time
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -190,7 +191,6 @@ class KnowledgeBase:
             self._read_conn.close()
             self._read_conn = None
         self._index = None
-        self._index_generation = None
 
     @property
     def _conn(self):
@@ -294,7 +294,11 @@ class KnowledgeBase:
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim == 1:
             raise ValueError("dense_search_batch takes a matrix of query vectors [n, dim]; use dense_search")
-        return vector_index.search(self._current_index(), queries, k, allowed)
+        with self._load_lock:  # a commit seen meanwhile updates the view in place: not while it is searched
+            view = self._current_index()
+            if view is None:
+                return [[] for _ in range(len(queries))]
+            return view.search(queries, k, allowed, self.chunk_vectors)
 
     def dense_search(self, query: np.ndarray, k: int, allowed: Collection[int] | None = None
                      ) -> list[tuple[int, float]]:
@@ -313,51 +317,28 @@ class KnowledgeBase:
         return self.keyword_search_batch([terms], k, allowed)[0]
 
     # -- the vector index ----------------------------------------------------------------------------------
-    def _current_index(self):
-        """The FAISS index of the committed generation; reloaded when another commit happened since."""
+    def _current_index(self) -> live_index.LiveIndex | None:
+        """The vector index of the committed generation (`live_index.LiveIndex`), brought up to date with what
+        any process committed since: only the new rows and tombstones are read. None: nothing embedded yet."""
         with self._load_lock, self._query_lock:
             c = self._conn
-            for attempt in range(5):
-                c.execute("BEGIN")  # one snapshot for meta + count + vectors
-                try:
-                    generation = int(records.get_meta(c, "index_generation", "0"))
-                    if self._index is not None and generation == self._index_generation:
-                        return self._index
-                    dim = records.get_meta(c, "embedding_dim")
-                    if dim is None:
-                        return None
-                    path = vector_index.index_path(self.path, generation)
-                    index = vector_index.read_index(
-                        path, records.get_meta(c, "index_sha256"), records.count_chunks(c), int(dim))
-                    rebuilt = False
-                    if index is None and (path.exists() or attempt == 4):
-                        index, rebuilt = vector_index.from_vectors(records.iter_vectors(c, int(dim)), int(dim)), True
-                finally:
-                    c.execute("COMMIT")
-                if index is None:
-                    continue  # the file vanished: a newer generation was committed meanwhile; read meta again
-                if rebuilt:
-                    self._try_repair(index, generation)
-                self._index, self._index_generation = index, generation
-                return index
-            raise KnowledgeBaseError(f"knowledge base {self.name!r}: index kept changing while loading; try again")
+            c.execute("BEGIN")  # one snapshot for meta, tombstones and vectors
+            try:
+                dim = records.get_meta(c, "embedding_dim")
+                if dim is None:
+                    self._index = None
+                    return None
+                self._index = live_index.load(c, self.path, int(dim), self._index)
+                return self._index
+            finally:
+                c.execute("COMMIT")
 
-    def _try_repair(self, index, generation: int) -> None:
-        """Rewrite a damaged index file from the rebuilt index, if no writer is busy (else the next commit will)."""
-        try:
-            with self._write_lock(0):
-                conn = records.connect(self._db)
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    if int(records.get_meta(conn, "index_generation", "0")) == generation:
-                        _path, sha = vector_index.write_index(index, self.path, generation)
-                        records.set_meta(conn, "index_sha256", sha)
-                    conn.execute("COMMIT")
-                finally:
-                    conn.close()
-            log.warning("knowledge base %r: vector index rebuilt from the records and rewritten", self.name)
-        except KnowledgeBaseBusy:
-            pass
+    def compact(self, *, ann_min_chunks: int, lock_timeout_s: float = 10.0) -> list[str]:
+        """`kb-qa kb compact`: (re)build the approximate index if the KB has `ann_min_chunks` chunks or more (drop
+        it below), and prune tombstones. Readers are never blocked; see `kb_qa.store.compaction`."""
+        from kb_qa.store.compaction import compact
+
+        return compact(self, ann_min_chunks=ann_min_chunks, lock_timeout_s=lock_timeout_s)
 
     # -- writing -------------------------------------------------------------------------------------------
     @contextmanager

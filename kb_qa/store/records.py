@@ -1,13 +1,17 @@
 """The knowledge base's records in SQLite: documents, their content hashes, chunks (text, metadata, vector), and
-the keyword index (FTS5). SQLite is the source of truth; the FAISS file is derived from it and can always be
-rebuilt from the `vector` column. Nothing here can execute stored data (no pickle).
+the keyword index (FTS5). SQLite is the source of truth and the only copy of every vector (`chunks.vector`); the
+in-memory exact index and the optional approximate index file (`index-<gen>.faiss`, written by compaction) are
+derived from it and can always be rebuilt from it. Nothing here can execute stored data (no pickle).
 
 Tables:
-  meta(key, value)                 embedding model/dimension, index generation and checksum, schema version
+  meta(key, value)                 embedding model/dimension, commit generation, the approximate index's file
+                                   (generation, sha256, count, highest chunk id), schema version
   contents(sha256, n_chunks)       one row per distinct file content; chunks hang off it
   documents(source -> sha256)      one row per document path; two paths with the same bytes share one content
   chunks(id, sha256, ...)          ids are AUTOINCREMENT: never reused, never shifted by deletions
   chunk_terms(terms)               FTS5, rowid = chunks.id, jieba/word terms for BM25
+  tombstones(chunk_id, generation) chunks removed, and the commit that removed them: readers holding vectors of an
+                                   older generation drop exactly these (no reload); pruned by compaction
 """
 
 from __future__ import annotations
@@ -51,7 +55,15 @@ CREATE TABLE IF NOT EXISTS chunks(
     vector BLOB NOT NULL                  -- float32 little-endian, L2-normalised
 );
 CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(sha256);
+CREATE TABLE IF NOT EXISTS tombstones(
+    chunk_id INTEGER PRIMARY KEY,         -- a removed chunks.id (ids are never reused)
+    generation INTEGER NOT NULL           -- the commit generation that removed it
+);
+CREATE INDEX IF NOT EXISTS tombstones_generation ON tombstones(generation);
 """
+# 16 KiB pages for new knowledge bases: a chunk row (1.5 KB vector + text) is 2-3 KB, so 4 KiB pages hold one row
+# and waste ~40% of the file; 16 KiB pages hold six. Only takes effect before the first table is created.
+PAGE_SIZE = 16384
 FTS_TABLE = ("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms "
              "USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2')")
 SCHEMA += FTS_TABLE + ";\n"
@@ -79,7 +91,7 @@ class ChunkRecord:
     sources: tuple[str, ...]  # every document path holding this content (usually one)
 
 
-TABLES = ("meta", "contents", "documents", "chunks", "chunk_terms")
+TABLES = ("meta", "contents", "documents", "chunks", "chunk_terms")  # tombstones: added by the first writer
 
 
 def connect_plain(path: Path) -> sqlite3.Connection:
@@ -97,6 +109,8 @@ def connect(path: Path, *, journal: str = "WAL") -> sqlite3.Connection:
 
 
 def init_schema(conn: sqlite3.Connection) -> None:
+    if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.executescript(SCHEMA)
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
     # A random id per created KB: a KB deleted and re-created under the same name is a different KB, so nothing
@@ -135,6 +149,15 @@ def chunk_count(conn: sqlite3.Connection) -> int:
     """Chunks of the committed version: recorded in meta by every commit (O(1)); counted for older stores."""
     value = get_meta(conn, "chunk_count")
     return int(value) if value is not None else count_chunks(conn)
+
+
+def has_chunks(conn: sqlite3.Connection) -> bool:
+    """Whether any chunk row exists (O(1), unlike a count)."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM chunks)").fetchone()[0] == 1
+
+
+def max_chunk_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()[0])
 
 
 def count_documents(conn: sqlite3.Connection) -> int:
@@ -192,10 +215,16 @@ def delete_document(conn: sqlite3.Connection, source: str) -> None:
     conn.execute("DELETE FROM documents WHERE source = ?", (source,))
 
 
-def delete_orphan_contents(conn: sqlite3.Connection) -> list[int]:
-    """Remove contents no document refers to any more; returns the chunk ids removed (for the vector index)."""
-    orphans = [r[0] for r in conn.execute(
-        "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM documents)")]
+def delete_orphan_contents(conn: sqlite3.Connection, candidates: Iterable[str] | None = None) -> list[int]:
+    """Remove contents no document refers to any more (only among `candidates`, the contents a change may have
+    orphaned: O(their chunks), not O(KB); None: all, a scan, for the doctor); returns the chunk ids removed."""
+    if candidates is None:
+        orphans = [r[0] for r in conn.execute(
+            "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM documents)")]
+    else:
+        orphans = [sha for sha in dict.fromkeys(candidates)
+                   if conn.execute("SELECT 1 FROM documents WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None
+                   and content_exists(conn, sha)]
     removed: list[int] = []
     for sha in orphans:
         ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE sha256 = ?", (sha,))]
@@ -206,13 +235,40 @@ def delete_orphan_contents(conn: sqlite3.Connection) -> list[int]:
     return removed
 
 
-def iter_vectors(conn: sqlite3.Connection, dim: int, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids int64 [n], vectors float32 [n, dim]) in id order, `batch` rows at a time."""
-    cur = conn.execute("SELECT id, vector FROM chunks ORDER BY id")
+def iter_vectors(conn: sqlite3.Connection, dim: int, batch: int = 4096, *, after_id: int = 0,
+                 up_to_id: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids int64 [n], vectors float32 [n, dim]) in id order, `batch` rows at a time; only ids in
+    (`after_id`, `up_to_id`]: a reader loads just the chunks committed since it last looked (ids only grow)."""
+    if up_to_id is None:
+        cur = conn.execute("SELECT id, vector FROM chunks WHERE id > ? ORDER BY id", (after_id,))
+    else:
+        cur = conn.execute("SELECT id, vector FROM chunks WHERE id > ? AND id <= ? ORDER BY id", (after_id, up_to_id))
     while rows := cur.fetchmany(batch):
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
         yield ids, vecs
+
+
+def add_tombstones(conn: sqlite3.Connection, ids: Iterable[int], generation: int) -> None:
+    conn.executemany("INSERT OR REPLACE INTO tombstones(chunk_id, generation) VALUES (?, ?)",
+                     ((int(i), generation) for i in ids))
+
+
+def tombstones_after(conn: sqlite3.Connection, generation: int) -> np.ndarray:
+    """Chunk ids removed by commits after `generation` (int64); the table is absent in a KB no writer of this
+    version has opened yet: nothing was tombstoned."""
+    try:
+        rows = conn.execute("SELECT chunk_id FROM tombstones WHERE generation > ?", (generation,)).fetchall()
+    except sqlite3.OperationalError:
+        return np.empty(0, dtype=np.int64)
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def prune_tombstones(conn: sqlite3.Connection, up_to_generation: int) -> int:
+    """Forget tombstones of commits <= `up_to_generation` (readers older than that reload); returns how many."""
+    cur = conn.execute("DELETE FROM tombstones WHERE generation <= ?", (up_to_generation,))
+    set_meta(conn, "tombstones_from", str(up_to_generation))
+    return cur.rowcount
 
 
 def get_chunks(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, ChunkRecord]:

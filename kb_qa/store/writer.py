@@ -1,8 +1,10 @@
 """Writing a knowledge base: `Writer`, obtained from `KnowledgeBase.writer()` (which holds the write lock).
 
-A write is one atomic commit (`Writer.commit`): all row changes in one SQLite transaction, the new FAISS file
-written and fsynced before the transaction that names it commits. A crash at any point leaves either the previous
-or the new version, loadable and consistent (vector count == chunk rows).
+A write is one atomic commit (`Writer.commit`): all row changes in one SQLite transaction (the chunks with their
+vectors, their keyword rows, the tombstones of removed chunks, the new generation and chunk count). No index file
+is written: readers add the new rows to their in-memory index (see live_index), so a commit costs what its batch
+costs, not what the KB holds. A crash at any point leaves either the previous or the new version, loadable and
+consistent (vector count == chunk rows).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ IDENTITY_KEYS = {"source": "embedding_source", "weights_sha256": "embedding_weig
 def check_identity(conn, kb_name: str, model: str, identity: dict | None) -> None:
     """Refuse vectors or queries from other weights under the KB's model name (identity: {'source',
     'weights_sha256'} from the embedder; None or a KB without a recorded hash: nothing to compare)."""
-    if not identity or records.count_chunks(conn) == 0:
+    if not identity or not records.has_chunks(conn):
         return
     built = records.get_meta(conn, IDENTITY_KEYS["weights_sha256"])
     if built is not None and built != identity["weights_sha256"]:
@@ -95,12 +97,12 @@ class Writer:
         self.dimension = dimension
         self.embedding_model = embedding_model
         self.embedding_identity: dict | None = None  # set_embedding_identity(), once the model is loaded
-        self._added: dict[int, np.ndarray] = {}  # chunk id -> vector, since the last commit
-        self._removed: set[int] = set()
+        self._inserted = 0  # chunk rows added since the last commit
+        self._removed: set[int] = set()  # chunk ids removed since the last commit (tombstoned at commit)
         self._in_tx = False
         self._cleared = False
-        generation = int(records.get_meta(self._conn, "index_generation", "0"))
-        vector_index.remove_stale_files(kb.path, generation)  # leftovers of a crashed writer
+        # leftovers of a crashed writer or compaction (and index files of the earlier one-file-per-commit format)
+        vector_index.remove_stale_files(kb.path, int(records.get_meta(self._conn, "ann_generation", "0")))
 
     def _begin(self) -> None:
         if not self._in_tx:
@@ -128,9 +130,9 @@ class Writer:
         """Remove every document (for --rebuild); takes effect at commit, with whatever is added after it."""
         self._cleared = True  # before _begin: a rebuild may switch embedding models
         self._begin()
-        self._removed.update(r[0] for r in self._conn.execute("SELECT id FROM chunks"))
-        self._added.clear()
-        for table in ("documents", "chunk_terms", "chunks", "contents"):
+        self._inserted = 0
+        self._removed.clear()  # every reader reloads after a rebuild (vectors_rebased_at): no tombstones needed
+        for table in ("documents", "chunk_terms", "chunks", "contents", "tombstones"):
             self._conn.execute(f"DELETE FROM {table}")
         for key in ("embedding_model", "embedding_dim", *IDENTITY_KEYS.values()):
             self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -155,11 +157,11 @@ class Writer:
             self._record_embedding(int(vectors.shape[1]))
             terms = [fts_document(c.text) for c in chunks]
             ids = records.insert_content(self._conn, sha256, chunks, vectors, terms)
-            if not self._cleared:  # a rebuild derives its index from the records at commit: no copies in memory
-                for chunk_id, vec in zip(ids, vectors, strict=True):
-                    self._added[chunk_id] = vec
+            self._inserted += len(ids)
+        previous = records.document(self._conn, source)
         records.upsert_document(self._conn, source, sha256, size, origin)
-        self._collect_orphans()
+        if previous is not None and previous.sha256 != sha256:
+            self._collect_orphans([previous.sha256])
 
     def set_embedding_identity(self, identity: dict | None) -> None:
         """The loaded model's {'source', 'weights_sha256'}: refused if the KB holds vectors of other weights,
@@ -170,7 +172,7 @@ class Writer:
         self._begin()
         if not self._cleared:
             check_identity(self._conn, self.kb.name, self.embedding_model, self.embedding_identity)
-        if records.count_chunks(self._conn) and records.get_meta(self._conn, IDENTITY_KEYS["weights_sha256"]) is None:
+        if records.has_chunks(self._conn) and records.get_meta(self._conn, IDENTITY_KEYS["weights_sha256"]) is None:
             self._store_identity()
 
     def _store_identity(self) -> None:
@@ -182,7 +184,7 @@ class Writer:
         """The first vectors fix the KB's model and dimension; later ones must match them."""
         if self.embedding_model is None:
             raise ValueError("a writer that adds vectors must be given the embedding model's name")
-        if records.get_meta(self._conn, "embedding_model") is None or records.count_chunks(self._conn) == 0:
+        if records.get_meta(self._conn, "embedding_model") is None or not records.has_chunks(self._conn):
             records.set_meta(self._conn, "embedding_model", self.embedding_model)
             records.set_meta(self._conn, "embedding_dim", str(dim))
             if self.embedding_identity:
@@ -192,16 +194,16 @@ class Writer:
     def remove_document(self, source: str) -> bool:
         source = validate_doc_path(source)
         self._begin()
-        if records.document(self._conn, source) is None:
+        previous = records.document(self._conn, source)
+        if previous is None:
             return False
         records.delete_document(self._conn, source)
-        self._collect_orphans()
+        self._collect_orphans([previous.sha256])
         return True
 
-    def _collect_orphans(self) -> None:
-        for chunk_id in records.delete_orphan_contents(self._conn):
-            if self._added.pop(chunk_id, None) is None:
-                self._removed.add(chunk_id)
+    def _collect_orphans(self, shas: list[str]) -> None:
+        """Drop the contents among `shas` no document points at any more (O(their chunks), not O(KB))."""
+        self._removed.update(records.delete_orphan_contents(self._conn, shas))
 
     @property
     def pending(self) -> bool:
@@ -219,15 +221,13 @@ class Writer:
             if isinstance(exc, KnowledgeBaseError) or (isinstance(exc, RuntimeError) and not _is_io(exc)):
                 raise
             self._rollback_quietly()
-            vector_index.remove_stale_files(self.kb.path, int(self._committed_meta("index_generation") or 0))
             raise self._storage_error("committing the changes", exc) from exc
 
     def _storage_error(self, what: str, exc: BaseException) -> StorageError:
         reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1]
         need = ""
         if _is_disk_full(exc):
-            index = vector_index.index_path(self.kb.path, int(self._committed_meta("index_generation") or 0))
-            size = (index.stat().st_size if index.is_file() else 0) + self.kb._db.stat().st_size // 4
+            size = self.kb._db.stat().st_size // 4  # WAL pages of a large batch, and SQLite's own headroom
             need = f" Free at least {max(size, 1 << 20) / 2**20:.0f} MiB on {self.kb.path} and run it again."
         return StorageError(f"knowledge base {self.kb.name!r}: {what} failed: {reason}. Nothing was lost: the "
                             f"previous version is intact and the temporary files were removed.{need}")
@@ -240,46 +240,30 @@ class Writer:
 
     def _commit(self) -> None:
         conn = self._conn
-        dim_text = records.get_meta(conn, "embedding_dim")
-        generation = int(records.get_meta(conn, "index_generation", "0"))
-        new_generation = generation + 1
-        count = records.count_chunks(conn)
-        index = None if dim_text is None else self._next_index(generation, int(dim_text), count)
-        if index is not None:  # None: nothing was ever embedded (e.g. only removals on an empty KB)
-            _crash_point("before-index-write")
-            _path, sha = vector_index.write_index(index, self.kb.path, new_generation)
-            _crash_point("after-index-write")
-            records.set_meta(conn, "index_generation", str(new_generation))
-            records.set_meta(conn, "index_sha256", sha)
-            if index.ntotal != count:  # should be impossible; refuse to commit an inconsistent pair
-                self._rollback()
-                raise KnowledgeBaseError(f"internal error: index has {index.ntotal} vectors, records {count}")
-        records.set_meta(conn, "chunk_count", str(count))  # readers' O(1) N for IDF
+        new_generation = int(records.get_meta(conn, "index_generation", "0")) + 1
+        if self._cleared:
+            # A rebuild: every reader reloads from the records, and the approximate index (of the old chunks) goes.
+            records.set_meta(conn, "vectors_rebased_at", str(new_generation))
+            for key in ("ann_generation", "ann_sha256", "ann_count", "ann_max_id"):
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            count = records.count_chunks(conn)  # a rebuild's rows are all new: counted once
+        else:  # the committed count plus this batch: O(batch), where counting the rows is O(KB)
+            recorded = records.get_meta(conn, "chunk_count")
+            count = (int(recorded) + self._inserted - len(self._removed) if recorded is not None
+                     else records.count_chunks(conn))  # a KB from before the recorded count: counted once
+        if self._removed:
+            records.add_tombstones(conn, self._removed, new_generation)
+        records.set_meta(conn, "index_generation", str(new_generation))
+        records.set_meta(conn, "chunk_count", str(count))  # readers' O(1) N for IDF, and the vector count check
+        _crash_point("before-commit")
         conn.execute("COMMIT")
         self._in_tx = False
         _crash_point("after-commit")
-        self._added.clear()
+        self._inserted = 0
         self._removed.clear()
-        self._cleared = False
-        if index is not None:
-            vector_index.remove_stale_files(self.kb.path, new_generation)
-
-    def _next_index(self, generation: int, dim: int, count: int):
-        """The committed index with this transaction's removals and additions applied (a fresh copy)."""
-        sha = records.get_meta(self._conn, "index_sha256")
-        path = vector_index.index_path(self.kb.path, generation)
-        # The committed count is what the index file must hold: the records now include our uncommitted rows.
-        committed_count = count - len(self._added) + len(self._removed)
-        index = vector_index.read_index(path, sha, committed_count, dim) if generation and not self._cleared else None
-        if index is None:
-            # First commit, a rebuild, or the committed file is damaged: derive it from the (uncommitted) records.
-            return vector_index.from_vectors(records.iter_vectors(self._conn, dim), dim)
-        if self._removed:
-            index.remove_ids(np.fromiter(self._removed, dtype=np.int64))
-        if self._added:
-            ids = np.fromiter(self._added.keys(), dtype=np.int64)
-            index.add_with_ids(np.stack(list(self._added.values())).astype(np.float32), ids)
-        return index
+        if self._cleared:
+            self._cleared = False
+            vector_index.remove_stale_files(self.kb.path, 0)
 
     def _rollback(self) -> None:
         if self._in_tx:
@@ -290,7 +274,7 @@ class Writer:
         """Roll back whatever is open. After an I/O error SQLite may already have rolled the transaction back
         itself ("cannot rollback - no transaction is active"): that must never replace the original error."""
         self._in_tx = False
-        self._added.clear()
+        self._inserted = 0
         self._removed.clear()
         self._cleared = False
         if self._conn.in_transaction:
