@@ -1,17 +1,25 @@
 """The store at scale: commit cost, search latency, disk and memory as a knowledge base grows (issue 14).
 
     python bench/bench_scale.py                              # local store, 10^4 and 10^5 chunks
-    python bench/bench_scale.py --sizes 10000,100000,1000000  # + 10^6 (hours of writing on 2 cores today)
+    python bench/bench_scale.py --sizes 10000,100000,1000000  # + 10^6
+    python bench/bench_scale.py --vectors random              # isotropic random vectors (no ANN can help them)
     python bench/bench_scale.py --backend milvus --sizes 10000 # the Milvus backend (Milvus Lite in the KB folder)
 
 Synthetic chunks, committed straight through the store's `Writer` (no loaders, no embedding model): each chunk's
 text is a passage of ../shared/eval/*/corpus.jsonl cut to --chars characters (cycled, with the chunk number appended
-so every content is distinct), its vector a random 384-d unit vector (seeded). The KB is filled in commits of
---batch chunks (one document each); at each size in --sizes the bench reports:
+so every content is distinct). Its vector (--vectors): `lowrank` (default), a fast stand-in for a text embedding,
+normalize(z W + noise) with z ~ N(0, I_32) and a fixed random W [32 x 384], so the vectors have the low intrinsic
+dimension real embeddings have and a query's nearest chunks are meaningfully nearer than the rest (top-1 cosine
+~0.68); or `random`, isotropic unit vectors (the worst case, where every chunk is about as far as any other).
+Queries are drawn the same way. The KB is filled in commits of --batch chunks (one document each); at each size
+in --sizes the bench reports:
 
   commit s      wall time of one more commit of the same --batch chunks at that size (what every ingest pays)
-  dense p50     KnowledgeBase.dense_search(k=10) on random unit queries, median of --queries, ms (first excluded)
-  first q       the first dense search after the commit (load + checksum of the index), ms
+  open s        opening that writer (lock, SQLite quick_check: O(database) per writer, not per commit)
+  compact s     `KnowledgeBase.compact` at that size when it is >= --ann-min-chunks (builds the HNSW index), else -
+  dense p50     KnowledgeBase.dense_search(k=10), median of --queries, ms (first excluded)
+  recall@10     of those searches against an exact scan of every stored vector (1.000 when the search is exact)
+  first q       the first dense search after the commit (a new reader: loads the vectors / the index), ms
   keyword p50   KnowledgeBase.keyword_search(k=10) with the terms of a 12-character passage prefix, median, ms
   disk/chunk    bytes of the KB folder / chunks, KB (1 KB = 1000 bytes)
   peak RSS      this process's peak resident set so far, MB (ru_maxrss)
@@ -55,9 +63,43 @@ def passages(eval_dir: Path, chars: int) -> list[str]:
     return texts
 
 
-def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM), dtype=np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+class Vectors:
+    """Seeded synthetic 384-d unit vectors: `lowrank` (intrinsic dimension 32, like text embeddings) or `random`."""
+
+    RANK = 32
+
+    def __init__(self, kind: str, seed: int):
+        self.kind = kind
+        self.rng = np.random.default_rng(seed)
+        self.basis = np.random.default_rng(12345).standard_normal((self.RANK, DIM)).astype(np.float32)
+
+    def __call__(self, n: int) -> np.ndarray:
+        if self.kind == "random":
+            v = self.rng.standard_normal((n, DIM), dtype=np.float32)
+        else:
+            z = self.rng.standard_normal((n, self.RANK), dtype=np.float32)
+            v = z @ self.basis + 0.3 * self.rng.standard_normal((n, DIM), dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def exact_top10(kb: KnowledgeBase, queries: np.ndarray) -> list[set[int]]:
+    """The true 10 nearest chunks of each query: a scan of every stored vector, a block at a time."""
+    from kb_qa.store import records
+
+    conn = records.connect(kb.path / "kb.sqlite")
+    best_s = np.full((len(queries), 0), -np.inf)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    try:
+        for ids, vecs in records.iter_vectors(conn, DIM, batch=65536):
+            s = queries @ vecs.T
+            all_s = np.concatenate([best_s, s], axis=1)
+            all_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
+            keep = np.argsort(-all_s, axis=1)[:, :10]
+            best_s = np.take_along_axis(all_s, keep, axis=1)
+            best_i = np.take_along_axis(all_i, keep, axis=1)
+    finally:
+        conn.close()
+    return [set(row.tolist()) for row in best_i]
 
 
 def folder_bytes(path: Path) -> int:
@@ -77,38 +119,45 @@ def open_kb(root: Path, backend: str) -> KnowledgeBase:
 
 
 class Filler:
-    def __init__(self, kb: KnowledgeBase, texts: list[str], batch: int, seed: int):
-        self.kb, self.texts, self.batch = kb, texts, batch
-        self.rng = np.random.default_rng(seed)
+    def __init__(self, kb: KnowledgeBase, texts: list[str], batch: int, vectors: Vectors):
+        self.kb, self.texts, self.batch, self.vectors = kb, texts, batch, vectors
         self.chunks = 0
         self.docs = 0
 
-    def commit_one(self) -> float:
-        """Add one document of `batch` chunks in one commit; returns the commit's wall seconds."""
+    def commit_one(self) -> tuple[float, float]:
+        """Add one document of `batch` chunks in one commit; returns (writer open s, commit s)."""
         source = f"doc{self.docs:07d}.txt"
         chunks = [Chunk(text=f"{self.texts[(self.chunks + j) % len(self.texts)]} #{self.chunks + j}", source=source,
                         ordinal=j) for j in range(self.batch)]
-        vectors = unit_vectors(self.rng, self.batch)
+        vectors = self.vectors(self.batch)
+        opened = time.perf_counter()
         with self.kb.writer(embedding_model=MODEL) as w:
+            open_s = time.perf_counter() - opened
             w.put_document(source, f"{self.docs:064x}", self.batch * 300, None, chunks, vectors)
             started = time.perf_counter()
             w.commit()
             elapsed = time.perf_counter() - started
         self.docs += 1
         self.chunks += self.batch
-        return elapsed
+        return open_s, elapsed
 
 
-def measure(kb: KnowledgeBase, texts: list[str], queries: int, rng: np.random.Generator) -> dict:
-    qv = unit_vectors(rng, queries + 1)
+def measure(kb: KnowledgeBase, texts: list[str], queries: int, vectors: Vectors, rng: np.random.Generator) -> dict:
+    qv = vectors(queries + 1)
+    fresh = KnowledgeBase.open(kb.path.parent, kb.name)  # a new reader: what a restarted server pays
     started = time.perf_counter()
-    kb.dense_search(qv[0], 10)
+    fresh.dense_search(qv[0], 10)
     first_ms = (time.perf_counter() - started) * 1000
-    dense = []
+    fresh.close()
+    kb.dense_search(qv[0], 10)  # this reader advances to the last commit (its cost is not a search's)
+    dense, found = [], []
     for q in qv[1:]:
         started = time.perf_counter()
-        kb.dense_search(q, 10)
+        hits = kb.dense_search(q, 10)
         dense.append((time.perf_counter() - started) * 1000)
+        found.append({i for i, _ in hits})
+    truth = exact_top10(kb, qv[1:])
+    recall = statistics.mean(len(f & t) / max(1, len(t)) for f, t in zip(found, truth, strict=True))
     keyword = []
     picks = rng.integers(0, len(texts), queries)
     for i in picks:
@@ -116,7 +165,7 @@ def measure(kb: KnowledgeBase, texts: list[str], queries: int, rng: np.random.Ge
         started = time.perf_counter()
         kb.keyword_search(terms, 10)
         keyword.append((time.perf_counter() - started) * 1000)
-    return {"first_ms": first_ms, "dense_p50_ms": statistics.median(dense),
+    return {"first_ms": first_ms, "dense_p50_ms": statistics.median(dense), "recall_at_10": recall,
             "keyword_p50_ms": statistics.median(keyword)}
 
 
@@ -131,39 +180,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="keep the KB here (default: a temporary folder, removed)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vectors", choices=["lowrank", "random"], default="lowrank")
+    parser.add_argument("--ann-min-chunks", type=int, default=None,
+                        help="compact (build the HNSW index) at sizes >= this (default: store.ann_min_chunks)")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     texts = passages(args.eval_dir, args.chars)
+    if args.ann_min_chunks is None:
+        from kb_qa.settings import StoreSettings
+
+        args.ann_min_chunks = StoreSettings().ann_min_chunks
 
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         root = args.dir or Path(tmp)
         kb = open_kb(root, args.backend)
-        filler = Filler(kb, texts, args.batch, args.seed)
+        vectors = Vectors(args.vectors, args.seed)
+        filler = Filler(kb, texts, args.batch, vectors)
         rng = np.random.default_rng(args.seed + 1)
         rows = []
-        print(f"backend={args.backend} batch={args.batch} chunks/commit, {args.chars}-char chunks, {DIM}-d vectors, "
-              f"{len(texts)} distinct passages", flush=True)
-        header = f"{'chunks':>9} {'commit s':>9} {'dense p50':>10} {'first q':>9} {'keyword p50':>12} " \
-                 f"{'disk/chunk':>11} {'disk MB':>9} {'peak RSS':>9}"
+        print(f"backend={args.backend} batch={args.batch} chunks/commit, {args.chars}-char chunks, {DIM}-d "
+              f"{args.vectors} vectors, {len(texts)} distinct passages, ann_min_chunks={args.ann_min_chunks}",
+              flush=True)
+        header = f"{'chunks':>9} {'commit s':>9} {'open s':>7} {'compact s':>10} {'dense p50':>10} " \
+                 f"{'recall@10':>10} {'first q':>9} {'keyword p50':>12} {'disk/chunk':>11} {'disk MB':>9} " \
+                 f"{'peak RSS':>9}"
         print(header, flush=True)
         for size in sizes:
             fill_started = time.perf_counter()
             while filler.chunks + args.batch < size:  # fill up to just below `size` ...
                 filler.commit_one()
             fill_s = time.perf_counter() - fill_started
-            commit_s = filler.commit_one()  # ... then time the commit that crosses it
-            figures = measure(kb, texts, args.queries, rng)
+            open_s, commit_s = filler.commit_one()  # ... then time the commit that crosses it
+            compact_s = None
+            if args.backend == "local" and filler.chunks >= args.ann_min_chunks:
+                started = time.perf_counter()
+                kb.compact(ann_min_chunks=args.ann_min_chunks)
+                compact_s = time.perf_counter() - started
+            figures = measure(kb, texts, args.queries, vectors, rng)
             disk = folder_bytes(kb.path)
-            row = {"chunks": filler.chunks, "commit_s": commit_s, **figures, "disk_bytes": disk,
-                   "disk_kb_per_chunk": disk / filler.chunks / 1000, "peak_rss_mb": peak_rss_mb(),
-                   "fill_s": fill_s}
+            row = {"chunks": filler.chunks, "commit_s": commit_s, "open_s": open_s, "compact_s": compact_s,
+                   **figures, "disk_bytes": disk, "disk_kb_per_chunk": disk / filler.chunks / 1000,
+                   "peak_rss_mb": peak_rss_mb(), "fill_s": fill_s}
             rows.append(row)
-            print(f"{row['chunks']:>9} {commit_s:>9.2f} {figures['dense_p50_ms']:>8.1f}ms "
+            compact_text = f"{compact_s:>10.1f}" if compact_s is not None else f"{'-':>10}"
+            print(f"{row['chunks']:>9} {commit_s:>9.2f} {open_s:>7.2f} {compact_text} "
+                  f"{figures['dense_p50_ms']:>8.1f}ms {figures['recall_at_10']:>10.3f} "
                   f"{figures['first_ms']:>7.0f}ms {figures['keyword_p50_ms']:>10.1f}ms "
                   f"{row['disk_kb_per_chunk']:>8.2f} KB {disk / 1e6:>9.1f} {row['peak_rss_mb']:>7.0f}MB", flush=True)
         kb.close()
     if args.json:
-        args.json.write_text(json.dumps({"backend": args.backend, "batch": args.batch, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"backend": args.backend, "batch": args.batch, "vectors": args.vectors,
+                                         "ann_min_chunks": args.ann_min_chunks, "rows": rows}, indent=2))
     return 0
 
 

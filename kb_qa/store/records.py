@@ -326,10 +326,13 @@ def keyword_search(conn: sqlite3.Connection, terms: Iterable[str], k: int,
         return []
     # FTS5's bm25() is negated: lower = better.
     if allowed is None:
-        rows = conn.execute(
-            "SELECT rowid, bm25(chunk_terms) AS s FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY s LIMIT ?",
-            (match, k))
-        return [(int(rowid), -float(score)) for rowid, score in rows]
+        from kb_qa.store import keyword_topk
+
+        distinct = list(dict.fromkeys(t for t in terms if t))[:64]  # what fts_match keeps
+        try:
+            return keyword_topk.top_k(conn, distinct, document_frequencies(conn, distinct), k)
+        except sqlite3.OperationalError:  # FTS5's shadow tables not as expected (an older SQLite): plain query
+            return keyword_topk.plain(conn, distinct, k)
     out: list[tuple[int, float]] = []
     for part in _in_batches(sorted(set(allowed))):
         marks = ",".join("?" * len(part))

@@ -34,6 +34,7 @@ _INDEX_FILE = re.compile(r"^index-(\d+)\.faiss$")
 # vectors no graph index helps: recall@10 0.65 at efSearch 512, which is why small KBs stay exact.)
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 48
+SMALL_BATCH = 8  # fewer queries than this are searched on the calling thread alone
 TRAIN_SAMPLE = 65536  # vectors the scalar quantiser's per-dimension ranges are trained on
 
 
@@ -192,8 +193,16 @@ def search(index, queries: np.ndarray, k: int, allowed: Collection[int] | None =
     # (IndexIDMap copies the parameters as plain SearchParameters: an HNSW's efSearch is set on the index itself,
     # `set_ef_search`, not here.)
     params = faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal),
-                               params=params)
+    threads = faiss.omp_get_max_threads()
+    if len(queries) < SMALL_BATCH:
+        # One question at a time: OpenMP threads only wait for each other (10x slower on a busy 2-core machine,
+        # measured). The setting is per calling thread in OpenMP, so other threads (compaction) keep theirs.
+        faiss.omp_set_num_threads(1)
+    try:
+        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal),
+                                   params=params)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(ids, scores, strict=True)]
 
