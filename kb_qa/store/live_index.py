@@ -89,8 +89,20 @@ class LiveIndex:
             removed = set(self.base_removed.tolist())
             in_base = [int(i) for i in allowed if int(i) <= self.base_max_id and int(i) not in removed]
             return [in_base for _ in range(len(queries))]  # all of them, scored exactly by the caller
-        hits = vector_index.search(self.base, queries, max(RERANK_FACTOR * k, RERANK_MIN), allowed,
-                                   excluded=self.base_removed)
+        wanted = max(RERANK_FACTOR * k, RERANK_MIN)
+        if wanted >= self.base.ntotal // 2:  # most of the index asked for: a graph walk cannot promise them all
+            import faiss
+
+            every = faiss.vector_to_array(self.base.id_map)
+            every = every[~np.isin(every, self.base_removed)]
+            if allowed is not None:
+                every = every[np.isin(every, np.fromiter(allowed, dtype=np.int64))]
+            return [every.tolist() for _ in range(len(queries))]
+        vector_index.set_ef_search(self.base, max(EF_SEARCH, wanted))  # searches are serialised (_load_lock)
+        try:
+            hits = vector_index.search(self.base, queries, wanted, allowed, excluded=self.base_removed)
+        finally:
+            vector_index.set_ef_search(self.base, EF_SEARCH)
         return [[i for i, _ in row] for row in hits]
 
 

@@ -1,0 +1,195 @@
+"""The local store at scale (issue 14): commits write no index file, readers advance by new rows and tombstones,
+compaction builds the approximate index (recall against exact), prunes tombstones, and survives a kill."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb_qa.schema import Chunk
+from kb_qa.store import KnowledgeBase, doctor, keyword_topk, records
+from kb_qa.store.terms import search_terms
+from tests.test_store import add_docs, assert_consistent, unit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lowrank(rng, n, dim=64, rank=8):
+    """Unit vectors of low intrinsic dimension, like text embeddings (isotropic random ones defeat any ANN)."""
+    basis = np.random.default_rng(99).standard_normal((rank, dim)).astype(np.float32)
+    v = rng.standard_normal((n, rank)).astype(np.float32) @ basis
+    v += 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def fill(kb, rng, docs, per_doc, dim=64):
+    with kb.writer(embedding_model="m") as w:
+        for d in range(docs):
+            name = f"big{d}.txt"
+            chunks = [Chunk(text=f"{name} part {j} word{j % 7}", source=name, ordinal=j) for j in range(per_doc)]
+            w.put_document(name, f"sha-{name}", 10, None, chunks, lowrank(rng, per_doc, dim))
+        w.commit()
+
+
+def exact_top(kb, query, k):
+    ids = kb.chunk_ids()
+    vectors = kb.chunk_vectors(ids)
+    scores = np.array([float(np.dot(vectors[i].astype(np.float64), query.astype(np.float64))) for i in ids])
+    return [ids[j] for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_a_commit_writes_no_index_file_and_a_reader_advances_without_reloading(tmp_path):
+    rng = np.random.default_rng(0)
+    reader = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(reader, rng, ["a.txt", "b.txt", "c.txt"])
+    query = unit(rng, 1)[0]
+    reader.dense_search(query, 5)
+    view = reader._current_index()
+    writer_side = KnowledgeBase.open(tmp_path, "kb")  # another process would do the same
+    gone = writer_side.chunk_ids_for_sources(["b.txt"])
+    with writer_side.writer(embedding_model="m") as w:
+        w.remove_document("b.txt")
+        w.commit()
+    add_docs(writer_side, rng, ["d.txt"])
+    assert not [p.name for p in reader.path.iterdir() if "faiss" in p.name]
+    hits = reader.dense_search(query, 20)
+    assert reader._current_index() is view and view.ntotal == 15  # advanced in place, not reloaded
+    assert not {i for i, _ in hits} & gone
+    assert hits == KnowledgeBase.open(tmp_path, "kb").dense_search(query, 20)  # == a fresh reader's full load
+    conn = records.connect(reader.path / "kb.sqlite")
+    assert {r[0] for r in conn.execute("SELECT chunk_id FROM tombstones")} == gone
+    assert_consistent(reader)
+
+
+def test_compaction_prunes_tombstones_and_old_readers_reload(tmp_path):
+    rng = np.random.default_rng(1)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"])
+    old_reader = KnowledgeBase.open(tmp_path, "kb")
+    old_reader.dense_search(unit(rng, 1)[0], 3)
+    with kb.writer() as w:
+        w.remove_document("a.txt")
+        w.commit()
+    done = kb.compact(ann_min_chunks=1000)  # below: no approximate index, tombstones pruned
+    assert any("pruned 5 tombstones" in d for d in done)
+    conn = records.connect(kb.path / "kb.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0] == 0
+    hits = old_reader.dense_search(unit(rng, 1)[0], 10)  # its tombstones are gone: it must reload, not miss them
+    assert {i for i, _ in hits} == kb.chunk_ids_for_sources(["b.txt"])
+    assert_consistent(old_reader)
+
+
+def test_approximate_index_recall_and_changes_on_top_of_it(tmp_path):
+    rng = np.random.default_rng(2)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=20, per_doc=150)  # 3000 chunks
+    done = kb.compact(ann_min_chunks=1000)
+    assert any("built the approximate index of 3000 chunks" in d for d in done)
+    queries = lowrank(rng, 40)
+    recall = np.mean([len({i for i, _ in kb.dense_search(q, 10)} & set(exact_top(kb, q, 10))) / 10
+                      for q in queries])
+    assert recall >= 0.95, recall
+    # changes after compaction: removals are tombstones over the index, additions an exact delta
+    removed = kb.chunk_ids_for_sources(["big3.txt"])
+    with kb.writer(embedding_model="m") as w:
+        w.remove_document("big3.txt")
+        chunks = [Chunk(text="fresh", source="new.txt", ordinal=0)]
+        w.put_document("new.txt", "sha-new", 5, None, chunks, queries[:1])
+        w.commit()
+    hits = kb.dense_search(queries[0], 10)
+    assert hits[0][0] == max(kb.chunk_ids()) and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    for q in queries[:10]:
+        assert not {i for i, _ in kb.dense_search(q, 50)} & removed
+    allowed = kb.chunk_ids_for_sources(["big5.txt", "new.txt"])
+    filtered = kb.dense_search(queries[1], 7, allowed)
+    assert [i for i, _ in filtered] == [i for i in exact_top(kb, queries[1], 3001) if i in allowed][:7]
+    assert_consistent(kb)
+    assert doctor.check(kb).ok
+    fresh = KnowledgeBase.open(tmp_path, "kb")
+    assert fresh.dense_search(queries[2], 10) == kb.dense_search(queries[2], 10)
+
+
+def test_compaction_below_the_threshold_drops_the_index(tmp_path):
+    rng = np.random.default_rng(3)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=4, per_doc=50)
+    kb.compact(ann_min_chunks=100)
+    assert len(list(kb.path.glob("index-*.faiss"))) == 1
+    with kb.writer() as w:
+        for d in range(3):
+            w.remove_document(f"big{d}.txt")
+        w.commit()
+    done = kb.compact(ann_min_chunks=100)
+    assert any("dropped the approximate index" in d for d in done)
+    assert not list(kb.path.glob("index-*.faiss")) and doctor.check(kb).ok
+    assert_consistent(kb)
+
+
+def test_a_rebuild_drops_the_index_and_every_reader_reloads(tmp_path):
+    rng = np.random.default_rng(4)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=2, per_doc=30)
+    kb.compact(ann_min_chunks=10)
+    reader = KnowledgeBase.open(tmp_path, "kb")
+    reader.dense_search(lowrank(rng, 1)[0], 3)
+    with kb.writer(embedding_model="m") as w:  # one generation: the old chunks and index go together
+        w.clear()
+        w.put_document("x.txt", "sha-x", 1, None, [Chunk(text="x", source="x.txt")], lowrank(rng, 1))
+        w.commit()
+    assert not list(kb.path.glob("index-*.faiss"))
+    assert {i for i, _ in reader.dense_search(lowrank(rng, 1)[0], 10)} == set(kb.chunk_ids())
+    assert_consistent(reader)
+
+
+@pytest.mark.parametrize("point", ["compact-before-index-write", "compact-after-index-write",
+                                   "compact-after-commit"])
+def test_kill_during_compaction_leaves_the_previous_or_the_new_index(tmp_path, point):
+    rng = np.random.default_rng(5)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=3, per_doc=40)
+    query = lowrank(rng, 1)[0]
+    expected = kb.dense_search(query, 10)
+    kb.close()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from kb_qa.store import KnowledgeBase; "
+            "KnowledgeBase.open(sys.argv[2], 'kb').compact(ann_min_chunks=10)")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, KB_QA_CRASH_AT=point))
+    assert proc.returncode == 99, proc.stderr
+    kb = KnowledgeBase.open(tmp_path, "kb")
+    conn = records.connect(kb.path / "kb.sqlite")
+    recorded = records.get_meta(conn, "ann_generation")
+    assert (recorded is not None) == (point == "compact-after-commit")  # the new index, or none (the previous)
+    assert kb.dense_search(query, 10) == expected
+    assert_consistent(kb)
+    with kb.writer(embedding_model="m") as w:  # the next writer carries on, and removes any orphan file
+        w.put_document("after.txt", "sha-after", 1, None, [Chunk(text="after", source="after.txt")], lowrank(rng, 1))
+        w.commit()
+    assert doctor.check(kb).ok
+    assert_consistent(kb)
+
+
+def test_keyword_top_k_equals_the_plain_query_when_common_terms_are_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(keyword_topk, "RARE_POSTINGS", 30)  # make "the"/"part" common in a small KB
+    monkeypatch.setattr(keyword_topk, "MIN_CANDIDATES", 5)
+    rng = np.random.default_rng(6)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    with kb.writer(embedding_model="m") as w:
+        for d in range(40):
+            text = " ".join(["the"] * (1 + d % 3) + ["part"] * (d % 2) + [words[d % 8]] * (1 + d % 4)
+                            + [f"id{d}", "the", "calderón"])
+            w.put_document(f"d{d}.txt", f"sha{d}", 1, None, [Chunk(text=text, source=f"d{d}.txt")], unit(rng, 1))
+        w.commit()
+    conn = records.connect(kb.path / "kb.sqlite")
+    for query in ["the alpha", "the part beta id3", "gamma the", "the part", "calderón the delta", "id7 the"]:
+        terms = list(dict.fromkeys(search_terms(query)))
+        fast = kb.keyword_search(terms, 5)
+        plain = keyword_topk.plain(conn, terms, 5)
+        assert [i for i, _ in fast] == [i for i, _ in plain] or \
+            [s for _, s in fast] == pytest.approx([s for _, s in plain], rel=1e-9), query
+        assert [s for _, s in fast] == pytest.approx([s for _, s in plain], rel=1e-9), query
