@@ -97,8 +97,8 @@ class Writer:
         self.dimension = dimension
         self.embedding_model = embedding_model
         self.embedding_identity: dict | None = None  # set_embedding_identity(), once the model is loaded
-        self._inserted = 0  # chunk rows added since the last commit
-        self._removed: set[int] = set()  # chunk ids removed since the last commit (tombstoned at commit)
+        self._added: set[int] = set()  # chunk ids added since the last commit (not after a clear(): all are new)
+        self._removed: set[int] = set()  # committed chunk ids removed since the last commit (tombstoned at commit)
         self._in_tx = False
         self._cleared = False
         # leftovers of a crashed writer or compaction (and index files of the earlier one-file-per-commit format)
@@ -130,7 +130,7 @@ class Writer:
         """Remove every document (for --rebuild); takes effect at commit, with whatever is added after it."""
         self._cleared = True  # before _begin: a rebuild may switch embedding models
         self._begin()
-        self._inserted = 0
+        self._added.clear()
         self._removed.clear()  # every reader reloads after a rebuild (vectors_rebased_at): no tombstones needed
         for table in ("documents", "chunk_terms", "chunks", "contents", "tombstones"):
             self._conn.execute(f"DELETE FROM {table}")
@@ -157,7 +157,8 @@ class Writer:
             self._record_embedding(int(vectors.shape[1]))
             terms = [fts_document(c.text) for c in chunks]
             ids = records.insert_content(self._conn, sha256, chunks, vectors, terms)
-            self._inserted += len(ids)
+            if not self._cleared:  # a rebuild counts its rows at commit
+                self._added.update(ids)
         previous = records.document(self._conn, source)
         records.upsert_document(self._conn, source, sha256, size, origin)
         if previous is not None and previous.sha256 != sha256:
@@ -203,7 +204,11 @@ class Writer:
 
     def _collect_orphans(self, shas: list[str]) -> None:
         """Drop the contents among `shas` no document points at any more (O(their chunks), not O(KB))."""
-        self._removed.update(records.delete_orphan_contents(self._conn, shas))
+        for chunk_id in records.delete_orphan_contents(self._conn, shas):
+            if chunk_id in self._added:
+                self._added.discard(chunk_id)  # added and removed in this transaction: never committed
+            elif not self._cleared:
+                self._removed.add(chunk_id)
 
     @property
     def pending(self) -> bool:
@@ -249,7 +254,7 @@ class Writer:
             count = records.count_chunks(conn)  # a rebuild's rows are all new: counted once
         else:  # the committed count plus this batch: O(batch), where counting the rows is O(KB)
             recorded = records.get_meta(conn, "chunk_count")
-            count = (int(recorded) + self._inserted - len(self._removed) if recorded is not None
+            count = (int(recorded) + len(self._added) - len(self._removed) if recorded is not None
                      else records.count_chunks(conn))  # a KB from before the recorded count: counted once
         if self._removed:
             records.add_tombstones(conn, self._removed, new_generation)
@@ -259,7 +264,7 @@ class Writer:
         conn.execute("COMMIT")
         self._in_tx = False
         _crash_point("after-commit")
-        self._inserted = 0
+        self._added.clear()
         self._removed.clear()
         if self._cleared:
             self._cleared = False
@@ -274,7 +279,7 @@ class Writer:
         """Roll back whatever is open. After an I/O error SQLite may already have rolled the transaction back
         itself ("cannot rollback - no transaction is active"): that must never replace the original error."""
         self._in_tx = False
-        self._inserted = 0
+        self._added.clear()
         self._removed.clear()
         self._cleared = False
         if self._conn.in_transaction:
