@@ -14,7 +14,7 @@ dimension real embeddings have and a query's nearest chunks are meaningfully nea
 Queries are drawn the same way. The KB is filled in commits of --batch chunks (one document each); at each size
 in --sizes the bench reports:
 
-  commit s      wall time of one more commit of the same --batch chunks at that size (what every ingest pays)
+  commit s      wall time of a commit of --batch chunks at that size, median of --repeat (what every ingest pays)
   open s        opening that writer (lock, SQLite quick_check: O(database) per writer, not per commit)
   compact s     `KnowledgeBase.compact` at that size when it is >= --ann-min-chunks (builds the HNSW index), else -
   dense p50     KnowledgeBase.dense_search(k=10), median of --queries, ms (first excluded)
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="keep the KB here (default: a temporary folder, removed)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="commits timed at each size, median reported (one can carry an FTS5 segment merge)")
     parser.add_argument("--vectors", choices=["lowrank", "random"], default="lowrank")
     parser.add_argument("--ann-min-chunks", type=int, default=None,
                         help="compact (build the HNSW index) at sizes >= this (default: store.ann_min_chunks)")
@@ -207,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         print(header, flush=True)
         for size in sizes:
             fill_started = time.perf_counter()
-            while filler.chunks + args.batch < size:  # fill up to just below `size` ...
+            while filler.chunks + args.repeat * args.batch < size:  # fill up to just below `size` ...
                 filler.commit_one()
             fill_s = time.perf_counter() - fill_started
-            open_s, commit_s = filler.commit_one()  # ... then time the commit that crosses it
+            timed = [filler.commit_one() for _ in range(args.repeat)]  # ... then time the commits that cross it
+            open_s = statistics.median(t[0] for t in timed)
+            commit_s = statistics.median(t[1] for t in timed)
             compact_s = None
             if args.backend == "local" and filler.chunks >= args.ann_min_chunks:
                 started = time.perf_counter()
