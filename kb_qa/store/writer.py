@@ -204,7 +204,8 @@ class Writer:
 
     def _collect_orphans(self, shas: list[str]) -> None:
         """Drop the contents among `shas` no document points at any more (O(their chunks), not O(KB))."""
-        for chunk_id in records.delete_orphan_contents(self._conn, shas):
+        # All orphans (a scan of contents): collecting only `shas` lost a case the kill soak found; not yet fixed.
+        for chunk_id in records.delete_orphan_contents(self._conn):
             if chunk_id in self._added:
                 self._added.discard(chunk_id)  # added and removed in this transaction: never committed
             elif not self._cleared:
