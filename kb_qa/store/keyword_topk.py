@@ -83,7 +83,9 @@ def top_k(conn: sqlite3.Connection, terms: list[str], df: dict[str, int], k: int
     present = folded + sorted((t for t in terms if _SIMPLE.match(t) and df.get(t, 0) > 0), key=lambda t: df[t])
     if not present:
         return []
-    rare, common, postings = [], [], 0
+    rare: list[str] = []
+    common: list[str] = []
+    postings = 0
     for term in present:
         if not rare or term in folded or postings + df[term] <= RARE_POSTINGS:
             rare.append(term)

@@ -30,7 +30,6 @@ from kb_qa.store import live_index, records, vector_index
 from kb_qa.store.errors import (
     KnowledgeBaseBusy,
     KnowledgeBaseDamaged,
-    KnowledgeBaseError,
     KnowledgeBaseNotFound,
     StorageError,
 )

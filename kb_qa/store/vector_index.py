@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,8 @@ def build_ann(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):
     """An approximate index (HNSW over 8-bit quantised vectors, inner product, chunk ids) of every batch."""
     import faiss
 
-    hnsw = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M,  # type: ignore[arg-type]
+                             faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index = faiss.IndexIDMap2(hnsw)
     pending_ids: list[np.ndarray] = []
@@ -180,14 +182,14 @@ def search(index, queries: np.ndarray, k: int, allowed: Collection[int] | None =
         return [[] for _ in range(len(queries))]
     import faiss
 
-    selector = None
+    selector: Any = None
     if allowed is not None:
         selector = faiss.IDSelectorBatch(np.fromiter(allowed, dtype=np.int64))
         k = min(k, len(allowed))
     if excluded is not None and len(excluded):
         removed = faiss.IDSelectorBatch(np.ascontiguousarray(excluded, dtype=np.int64))
         not_removed = faiss.IDSelectorNot(removed)
-        not_removed.referenced = removed  # keep the inner selector alive as long as the outer one (SWIG)
+        not_removed.referenced = removed  # type: ignore[attr-defined] # keep the inner selector alive as long as the outer one (SWIG)
         selector = not_removed if selector is None else _both(selector, not_removed)
     # faiss's SWIG constructors set fields from keywords; its stubs do not list them
     # (IndexIDMap copies the parameters as plain SearchParameters: an HNSW's efSearch is set on the index itself,
