@@ -32,6 +32,7 @@ from kb_qa.store.errors import (
     KnowledgeBaseNotFound,
     StorageError,
 )
+from kb_qa.store.terms import ANALYSER_META_KEY, check_analyser
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import re
 import threading
 import unicodedata
 
-ANALYSER_VERSION = "2"  # 1: jieba search mode / \w+ words; 2: + folding, identifiers, stop words, hygiene
+ANALYSER_VERSION = "3"  # 1: jieba search mode / \w+ words; 2: + folding, identifiers, stop words, hygiene;
+#                          3: + how-much/how-long words (多少, 多长, 几...) and 有 as stop words
 ANALYSER_META_KEY = "analyser_version"
 
 _WORD = re.compile(r"\w", re.UNICODE)
@@ -62,6 +63,8 @@ _SPACE_PREFIX_WORDS = frozenset(
 STOP_WORDS = frozenset(
     "什么 什么样 怎么 怎么样 怎样 如何 哪些 哪个 哪里 哪儿 哪 吗 呢 吧 啊 呀 嘛 么 请问 请 麻烦 一下 的 地 得 了 着 过 "
     "呢 是否 能否 可以 是 和 与 及 或 在 对 把 被 "
+    # how much / how long / how many ("长城有多长", "长度是多少"): the question's form, rarely the passage's words
+    "有 多少 多长 多久 多大 多高 多远 多重 多深 多宽 多厚 多快 几 几个 几种 几次 几年 为什么 为何 何时 谁 "
     "an the of to in on at by for from with as and or but if is are was were be been being am do does did "
     "what which who whom whose how why when where that this these those it its there their they he she his her "
     "me my we our you your can could would should will shall may might please tell".split())

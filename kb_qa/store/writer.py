@@ -257,8 +257,7 @@ class Writer:
             if index.ntotal != count:  # should be impossible; refuse to commit an inconsistent pair
                 self._rollback()
                 raise KnowledgeBaseError(f"internal error: index has {index.ntotal} vectors, records {count}")
-        records.set_meta(conn, "chunk_count", str(count))  # readers' O(1) N for IDF
-        records.set_meta(conn, ANALYSER_META_KEY, ANALYSER_VERSION)  # what cut the FTS terms (store.terms)
+        self._record_counts(count)
         conn.execute("COMMIT")
         self._in_tx = False
         _crash_point("after-commit")
@@ -267,6 +266,12 @@ class Writer:
         self._cleared = False
         if index is not None:
             vector_index.remove_stale_files(self.kb.path, new_generation)
+
+    def _record_counts(self, count: int) -> None:
+        """The meta every commit writes, whatever the backend (subclasses call this too): the chunk count
+        (readers' O(1) N for IDF) and the analyser version that cut the FTS terms (store.terms)."""
+        records.set_meta(self._conn, "chunk_count", str(count))
+        records.set_meta(self._conn, ANALYSER_META_KEY, ANALYSER_VERSION)
 
     def _next_index(self, generation: int, dim: int, count: int):
         """The committed index with this transaction's removals and additions applied (a fresh copy)."""
