@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from kb_qa.store import records, vector_index
 from kb_qa.store.knowledge_base import DB_FILE, KnowledgeBase
-from kb_qa.store.terms import fts_document
+from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, fts_document
 
 
 @dataclass
@@ -65,6 +65,9 @@ def check(kb: KnowledgeBase) -> CheckReport:
         recorded = records.get_meta(conn, "chunk_count")
         if recorded is not None and int(recorded) != chunks:
             report.problems.append(f"recorded chunk count {recorded} != {chunks} chunk rows")
+        analyser = records.get_meta(conn, ANALYSER_META_KEY) or "1"
+        if chunks and analyser != ANALYSER_VERSION:
+            report.problems.append(f"keyword index cut by term analyser version {analyser}, not {ANALYSER_VERSION}")
         bad = conn.execute("SELECT COUNT(*) FROM contents c WHERE n_chunks != "
                            "(SELECT COUNT(*) FROM chunks WHERE sha256 = c.sha256)").fetchone()[0]
         if bad:
@@ -134,6 +137,7 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
                 done.append(f"rebuilt the vector index from {index.ntotal} stored vectors "
                             f"(generation {generation})")
             records.set_meta(conn, "chunk_count", str(count))
+            records.set_meta(conn, ANALYSER_META_KEY, ANALYSER_VERSION)  # the terms were just re-cut
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -23,10 +23,14 @@ class EmbeddingMismatch(KnowledgeBaseError, UsageError):
     pass
 
 
+class AnalyserMismatch(KnowledgeBaseError, UsageError):
+    """The KB's keyword index was cut by another version of `kb_qa.store.terms`: re-ingest with --rebuild."""
+
+
 class KnowledgeBaseDamaged(KnowledgeBaseError):
     """The KB's files are not a usable knowledge base (no schema, not a database, a symlink, failed integrity
     check). Others in the same store are unaffected; `kb-qa kb check/repair NAME` or `kb delete NAME` is the fix."""
 
 
-__all__ = ["EmbeddingMismatch", "KnowledgeBaseBusy", "KnowledgeBaseDamaged", "KnowledgeBaseError",
+__all__ = ["AnalyserMismatch", "EmbeddingMismatch", "KnowledgeBaseBusy", "KnowledgeBaseDamaged", "KnowledgeBaseError",
            "KnowledgeBaseNotFound", "StorageError"]

@@ -32,6 +32,7 @@ from kb_qa.store.errors import (
     KnowledgeBaseNotFound,
     StorageError,
 )
+from kb_qa.store.terms import ANALYSER_META_KEY, check_analyser
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,7 @@ class KnowledgeBase:
                              allowed: Collection[int] | None = None) -> list[list[tuple[int, float]]]:
         """[(chunk id, BM25 >= 0, higher = better)] per list of search terms (from `store.terms.search_terms`),
         best first, at most `k`; with `allowed`, only those chunk ids."""
+        check_analyser(self.name, self.get_meta(ANALYSER_META_KEY), self.chunk_count())  # else terms disagree
         return [self._query(records.keyword_search, terms, k, allowed) for terms in term_lists]
 
     def keyword_search(self, terms: Sequence[str], k: int, allowed: Collection[int] | None = None

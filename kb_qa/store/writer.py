@@ -24,7 +24,7 @@ from kb_qa.store.errors import (
     KnowledgeBaseNotFound,
     StorageError,
 )
-from kb_qa.store.terms import fts_document
+from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, check_analyser, fts_document
 
 if TYPE_CHECKING:
     from kb_qa.store.knowledge_base import KnowledgeBase
@@ -108,6 +108,9 @@ class Writer:
             self._in_tx = True
             if self.embedding_model is not None and not self._cleared:
                 check_embedding(self._conn, self.kb.name, self.embedding_model, self.dimension)
+            if not self._cleared:  # new terms must not be mixed into an index cut by another analyser
+                check_analyser(self.kb.name, records.get_meta(self._conn, ANALYSER_META_KEY),
+                               records.count_chunks(self._conn))
 
     # -- reading inside the transaction --------------------------------------------------------------------
     def has_content(self, sha256: str) -> bool:
@@ -254,7 +257,7 @@ class Writer:
             if index.ntotal != count:  # should be impossible; refuse to commit an inconsistent pair
                 self._rollback()
                 raise KnowledgeBaseError(f"internal error: index has {index.ntotal} vectors, records {count}")
-        records.set_meta(conn, "chunk_count", str(count))  # readers' O(1) N for IDF
+        self._record_counts(count)
         conn.execute("COMMIT")
         self._in_tx = False
         _crash_point("after-commit")
@@ -263,6 +266,12 @@ class Writer:
         self._cleared = False
         if index is not None:
             vector_index.remove_stale_files(self.kb.path, new_generation)
+
+    def _record_counts(self, count: int) -> None:
+        """The meta every commit writes, whatever the backend (subclasses call this too): the chunk count
+        (readers' O(1) N for IDF) and the analyser version that cut the FTS terms (store.terms)."""
+        records.set_meta(self._conn, "chunk_count", str(count))
+        records.set_meta(self._conn, ANALYSER_META_KEY, ANALYSER_VERSION)
 
     def _next_index(self, generation: int, dim: int, count: int):
         """The committed index with this transaction's removals and additions applied (a fresh copy)."""
