@@ -51,26 +51,24 @@ class Generation:
 class _AnswerHandle:
     """The loaded LLM handle as the QA chain sees it for one request: its LangChain LLM is `_AnswerLLM`."""
 
-    def __init__(self, handle, params: GenParams, stats: Generation, system: str | None):
+    def __init__(self, handle, params: GenParams, stats: Generation):
         self._handle = handle
         self.tokenizer = getattr(handle, "tokenizer", None)
-        self.langchain_llm = _AnswerLLM(handle, params, stats, system)
+        self.langchain_llm = _AnswerLLM(handle, params, stats)
 
     def __getattr__(self, name):
         return getattr(self._handle, name)
 
 
 class _AnswerLLM:
-    """`stream` (the answer) with the request's sampling (top_p, stop, seed), the system text in front of the
-    user's turn, and `stats` filled in; `invoke` (the follow-up rewriting) goes to the plain LangChain LLM."""
+    """`stream` (the answer) with the request's sampling (top_p, stop, seed) and `stats` filled in; `invoke`
+    (the follow-up rewriting) goes to the plain LangChain LLM. (The system text is the chain's: kb_qa.qa.chain.)"""
 
-    def __init__(self, handle, params: GenParams, stats: Generation, system: str | None):
-        self._handle, self._params, self._stats, self._system = handle, params, stats, system
+    def __init__(self, handle, params: GenParams, stats: Generation):
+        self._handle, self._params, self._stats = handle, params, stats
         self._llm = handle.langchain_llm
 
     def stream(self, prompt: str, *, history=(), **kwargs):
-        if self._system:
-            prompt = f"{self._system}\n\n{prompt}"
         sampling = {"top_p": self._params.top_p, "stop": list(self._params.stop) or None, **kwargs}
         return stream_counted(self._handle, prompt, list(history), sampling, self._params.seed, self._stats)
 
@@ -191,21 +189,20 @@ class Engine:
                       top_k: int | None = None, *, stats: Generation | None = None,
                       system: str | None = None) -> Iterator[str | Answer]:
         """Text pieces as they are generated, then the complete `Answer` (last item): kb_qa.qa.chain. `system`
-        goes in front of the answer's user turn (not into retrieval, which it would pollute); `stats` gets the
-        usage and finish reason."""
+        goes in front of the answer's user turn (not into retrieval, which it would pollute; the chain counts it
+        in the window); `stats` gets the usage and finish reason."""
         if not question.strip():
             raise BadRequest("the question is empty")
         llm = self.llm()
         overrides = {"retrieval.top_k": top_k}
         if llm is not None:
-            overrides.update(self._window_overrides(llm, params, system))
-            llm = _AnswerHandle(llm, params, stats if stats is not None else Generation(), system)
-        return self.app.chain(llm).stream_answer(question, list(history), kb, overrides=overrides)
+            overrides.update(self._window_overrides(params))
+            llm = _AnswerHandle(llm, params, stats if stats is not None else Generation())
+        return self.app.chain(llm).stream_answer(question, list(history), kb, overrides=overrides, system=system)
 
-    def _window_overrides(self, llm, params: GenParams, system: str | None) -> dict:
+    def _window_overrides(self, params: GenParams) -> dict:
         """Per-request settings for the chain: sampling, and ChatGLM2's `max_length` (prompt + answer tokens) as
-        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it). The system text's
-        tokens are taken off the window the chain packs into."""
+        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it)."""
         s = self.app.settings.llm
         out = {"llm.temperature": params.temperature, "llm.max_new_tokens": params.max_new_tokens}
         window = s.max_context_tokens
@@ -213,11 +210,6 @@ class Engine:
             window = max(256, min(s.max_context_tokens, params.max_length))
             answer = params.max_new_tokens or s.max_new_tokens
             out["llm.max_new_tokens"] = max(1, min(answer, window // 2))
-        tokenizer = getattr(llm, "tokenizer", None)
-        if system and tokenizer is not None:
-            window -= tokenizer.count_tokens(system + "\n\n", add_prefix=False)
-            if window < 64:
-                raise PromptTooLong("the system message leaves no room for the passages and the question")
         if window != s.max_context_tokens:
             out["llm.max_context_tokens"] = window
         return out
