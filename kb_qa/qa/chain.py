@@ -39,11 +39,12 @@ from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mappin
 from dataclasses import replace
 from typing import Any, Union
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 
+from kb_qa.llm.chat_model import split_dialogue
 from kb_qa.qa.packing import Packed, pack, token_counter
 from kb_qa.qa.prompts import Prompts, load_prompts
 from kb_qa.qa.rewrite import standalone_query
@@ -137,23 +138,9 @@ def as_request(value: Any, extra: Mapping[str, Any] | None = None) -> dict[str, 
 
 
 def _dialogue(messages: list[BaseMessage]) -> dict[str, Any]:
-    """{"question", "history", "system"} of a dialogue: the last message must be the user's question."""
-    system = [str(m.text) for m in messages if isinstance(m, SystemMessage)]
-    turns = [m for m in messages if not isinstance(m, SystemMessage)]
-    if not turns or not isinstance(turns[-1], HumanMessage):
-        raise ValueError("QAChain input: the last message must be the user's question (a human message)")
-    history: list[tuple[str, str]] = []
-    pending: str | None = None
-    for message in turns[:-1]:
-        if isinstance(message, HumanMessage):
-            pending = str(message.text) if pending is None else f"{pending}\n{message.text}"
-        elif isinstance(message, AIMessage):
-            history.append((pending or "", str(message.text)))
-            pending = None
-        else:
-            raise ValueError(f"QAChain input: unsupported message type {message.type!r}")
-    question = str(turns[-1].text) if pending is None else f"{pending}\n{turns[-1].text}"
-    return {"question": question, "history": history, "system": "\n\n".join(system) or None}
+    """{"question", "history", "system"} of a dialogue, as the LangChain chat model reads one (text parts only)."""
+    system, question, history = split_dialogue(messages)
+    return {"question": question, "history": history, "system": system}
 
 
 class QAChain(Runnable[QAInput, Answer]):
