@@ -50,12 +50,17 @@ class Source:
     keyword_score: float | None = None  # BM25 mapped to [0, 1], when the keyword side found it
 
     def label(self) -> str:
-        where = self.source
-        if self.page is not None:
-            where += f" p.{self.page}"
-        if self.heading:
-            where += f" § {self.heading}"
-        return where
+        return source_label(self.source, self.page, self.heading)
+
+
+def source_label(source: str, page: int | None = None, heading: str | None = None) -> str:
+    """How answers cite a passage: its document path, then " p.<page>" and " § <heading>" where known."""
+    where = source
+    if page is not None:
+        where += f" p.{page}"
+    if heading:
+        where += f" § {heading}"
+    return where
 
 
 @dataclass

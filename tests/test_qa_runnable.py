@@ -13,7 +13,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda
-from test_qa import DOCS, kb_app  # noqa: F401 (kb_app is a fixture: an App with DOCS ingested as KB "kb")
+from test_qa import with_docs
 
 from kb_qa.qa.chain import QAChain, as_request
 from kb_qa.schema import Answer, AnswerChunk
@@ -21,6 +21,11 @@ from kb_qa.schema import Answer, AnswerChunk
 pytest_plugins = ["tiny_chatglm2"]
 
 GREEDY = {"llm.max_new_tokens": 6, "llm.temperature": 0.0}
+
+
+@pytest.fixture
+def kb_app(app, tmp_path):
+    return with_docs(app, tmp_path)  # test_qa.DOCS (tea.txt, santi.txt, paris.txt) as the default KB "kb"
 
 
 @pytest.fixture(scope="module")

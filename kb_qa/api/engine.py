@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kb_qa.app import App
 from kb_qa.errors import UnavailableError, UsageError
 from kb_qa.llm.tokenizer import build_chat_prompt
-from kb_qa.schema import Answer, Source
+from kb_qa.schema import Answer, History, Source
 
 log = logging.getLogger(__name__)
 
-History = Sequence[tuple[str, str]]
 GREEDY_BELOW = 1e-5  # temperatures below this mean greedy decoding (0)
 
 
@@ -97,8 +96,9 @@ def stream_counted(handle, question: str, history: list, sampling: dict, seed: i
     return _recounted(handle.stream_chat(question, history, **sampling), tokenizer, stats)
 
 
-def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[str]:
-    text = []
+def relayed(pieces: Iterator[str], text: list[str]) -> Iterator[str]:
+    """`pieces`, each also appended to `text`; the source is closed however this ends, so a reader that leaves
+    early (a client gone mid-stream) stops the model at its next token."""
     try:
         for piece in pieces:
             text.append(piece)
@@ -107,6 +107,11 @@ def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[
         close = getattr(pieces, "close", None)
         if close is not None:
             close()
+
+
+def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[str]:
+    text: list[str] = []
+    yield from relayed(pieces, text)
     if tokenizer is not None:
         stats.completion_tokens = tokenizer.count_tokens("".join(text), add_prefix=False)
 
@@ -233,15 +238,8 @@ class Engine:
     @staticmethod
     def _collect(question: str, pieces: Iterator[str]) -> Iterator[str | Answer]:
         started = time.perf_counter()
-        text = []
-        try:
-            for piece in pieces:
-                text.append(piece)
-                yield piece
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # stops the model at its next token when the reader left early
+        text: list[str] = []
+        yield from relayed(pieces, text)
         yield Answer(question, "".join(text), [], mode="chat", query=question,
                      timings_ms={"total": (time.perf_counter() - started) * 1000})
 

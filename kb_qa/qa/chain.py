@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import PromptValue
@@ -143,7 +143,7 @@ def _dialogue(messages: list[BaseMessage]) -> dict[str, Any]:
     return {"question": question, "history": history, "system": system}
 
 
-class QAChain(Runnable[QAInput, Answer]):
+class QAChain(Runnable[QAInput, Answer | AnswerChunk]):  # invoke: an Answer; stream: AnswerChunks
     """The chain over `app` answering with `llm` (see the module docstring). A LangChain Runnable: `invoke`
     returns the `Answer`, `stream` yields `AnswerChunk`s; `batch`, `ainvoke`, `abatch` are LangChain's defaults
     (threads over `invoke`), `astream` runs the stream on a worker thread."""
@@ -154,8 +154,8 @@ class QAChain(Runnable[QAInput, Answer]):
 
     # -- LangChain Runnable --------------------------------------------------------------------------------
     def invoke(self, input: QAInput, config: RunnableConfig | None = None, **kwargs: Any) -> Answer:
-        return self._call_with_config(lambda value: self.answer(**as_request(value, kwargs)), input, config,
-                                      run_type="chain")
+        return cast(Answer, self._call_with_config(lambda value: self.answer(**as_request(value, kwargs)), input,
+                                                   config, run_type="chain"))
 
     def stream(self, input: QAInput, config: RunnableConfig | None = None,
                **kwargs: Any) -> Iterator[AnswerChunk]:
@@ -168,7 +168,8 @@ class QAChain(Runnable[QAInput, Answer]):
             for item in self.stream_answer(**request):
                 yield AnswerChunk(answer=item) if isinstance(item, Answer) else AnswerChunk(text=item)
 
-        yield from self._transform_stream_with_config(input, chunks, config, run_type="chain")
+        yield from cast(Iterator[AnswerChunk],
+                        self._transform_stream_with_config(input, chunks, config, run_type="chain"))
 
     async def astream(self, input: QAInput, config: RunnableConfig | None = None,
                       **kwargs: Any) -> AsyncIterator[AnswerChunk]:
