@@ -308,6 +308,13 @@ def test_embeddings_equal_the_knowledge_base_vectors(client, live, embedder):  #
         assert got.shape == own.shape == (2, 384)
         cos = (got * own).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(own, axis=1)
         assert np.allclose(cos, 1.0, atol=1e-5)
+    kb = live[1].state.ctx.app.kb("docs")  # the vectors the knowledge base itself stored for its chunks
+    ids = kb.chunk_ids()
+    chunks, stored = kb.get_chunks(ids), kb.chunk_vectors(ids)
+    served = client.embeddings.create(model="kb:docs", input=[chunks[i].text for i in ids], encoding_format="float")
+    got = np.array([d.embedding for d in served.data], dtype=np.float32)
+    want = np.stack([stored[i] for i in ids]).astype(np.float32)
+    assert got.shape == want.shape and np.allclose((got * want).sum(1), 1.0, atol=1e-4)
     one = client.embeddings.create(model="all-MiniLM-L6-v2", input="hello", encoding_format="float")
     assert len(one.data) == 1 and len(one.data[0].embedding) == 384
     with pytest.raises(openai.NotFoundError):
