@@ -94,6 +94,9 @@ def test_batch_and_async(tiny_chain):
         one = await tiny_chain.ainvoke({"question": questions[1], "overrides": GREEDY})
         chunks = [c async for c in tiny_chain.astream({"question": questions[1], "overrides": GREEDY})]
         many = await tiny_chain.abatch([{"question": q, "overrides": GREEDY} for q in questions])
+        longer = {**GREEDY, "llm.max_new_tokens": 64}
+        async for _ in tiny_chain.astream({"question": questions[0], "overrides": longer}):
+            break  # leaving early neither hangs nor leaves the model held
         return one, chunks, many
 
     one, chunks, many = asyncio.run(run())
@@ -101,6 +104,7 @@ def test_batch_and_async(tiny_chain):
     assert len(chunks) >= 2 and chunks[-1].answer is not None and chunks[-1].answer.text == one.text
     assert "".join(c.text for c in chunks) == one.text
     assert [a.text for a in many] == [a.text for a in answers]
+    assert not tiny_chain.llm.generator.lock.locked()  # the model is free again
 
 
 def test_with_config_reaches_callbacks_with_the_run_name(tiny_chain):
