@@ -241,7 +241,11 @@ class APISettings(Section):
     api_key: str | None = Field(None, description="If set, every endpoint but /health requires 'Bearer <key>'.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; empty = CORS off.")
     max_request_mb: float = Field(64.0, gt=0, description="Largest request body accepted (MiB).")
-    max_queue: int = Field(16, ge=1, description="Generation requests allowed to wait; beyond it, 503.")
+    max_queue: int = Field(16, ge=1, description="Generation requests allowed to wait; beyond it, 429 with "
+                           "Retry-After (503 when a wait times out).")
+    sources_block: bool = Field(False, description="Append a Markdown 'Sources' block to every knowledge-base answer "
+                                "of /v1/chat/completions, for clients that drop the extra `sources` field "
+                                "(langchain-openai, Open WebUI); a request's `include_sources` overrides it.")
 
 
 class Settings(BaseSettings):
