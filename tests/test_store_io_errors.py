@@ -182,3 +182,85 @@ def test_io_errors_are_one_line_and_lose_nothing(command, base_store, tmp_path, 
                 if rc2 != 0 or _state(root, name) != after:
                     failures.append(f"{where}: the re-run gave {rc2}: {err2.strip()[:200]}")
     assert not failures, "\n".join(failures)
+
+
+def _mount_tmpfs(mount: Path, size: str) -> None:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the injected faults above cover the same paths")
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here (container without CAP_SYS_ADMIN)")
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system holding `folder` to the last byte; returns the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: nothing left to flush (and fail) at close
+        for size in (1 << 16, 4096, 512, 1):
+            try:
+                while handle.write(b"\0" * size):
+                    pass
+            except OSError:
+                pass
+    return filler
+
+
+def _one_line_or_ok(rc, err: str, name: str) -> str | None:
+    """None when the outcome is acceptable: exit 0, or exit 1 with one `error:` line naming the KB."""
+    lines = err.strip().splitlines()
+    if isinstance(rc, str):
+        return rc
+    if rc == 0:
+        return None
+    if rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: knowledge base {name!r}: "):
+        return None
+    return f"exit {rc}: {err.strip()[:300]}"
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_then_a_read_only_one(base_store, tmp_path):
+    """The same on a real file system: a 2 MiB tmpfs filled to the last byte, then remounted read-only."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    _mount_tmpfs(mount, "2m")
+    try:
+        root = mount / "store"
+        shutil.copytree(base_store, root)
+        _prepare_add(root)
+        before = _state(root, "kb")
+        filler = _fill(mount)
+        failures = []
+        for command in ("ingest", "ingest-new-kb", "rebuild", "remove", "repair", "show"):
+            name, argv, _prepare, _keeps = COMMANDS[command]
+            rc, err = _run(root, argv)
+            if (problem := _one_line_or_ok(rc, err, name)) is not None:
+                failures.append(f"full disk, {command}: {problem}")
+            if rc == 1 and "Free " not in err:
+                failures.append(f"full disk, {command}: no free-space hint in {err.strip()[:200]}")
+        rc, err = _run(root, ["kb", "list"])
+        if rc != 0 or err.strip():
+            failures.append(f"full disk, list: exit {rc}: {err.strip()[:200]}")
+        assert not [p for p in root.rglob("*") if p.name.endswith(".tmp") or ".creating" in p.name]
+        filler.unlink()
+        documents = set(_state(root, "kb")[0])  # a plain ingest may have committed batches before the disk filled
+        assert set(before[0]) - {d for d in before[0] if d[0] == "d1.txt"} <= documents  # nothing else went
+        assert _problems(root, "kb") == [] and _problems(root, "new") == []
+        rc, err = _run(root, COMMANDS["ingest"][1])
+        assert rc == 0, err
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        for command in ("show", "ingest", "remove", "repair"):
+            name, argv, _prepare, _keeps = COMMANDS[command]
+            rc, err = _run(root, argv)
+            if (problem := _one_line_or_ok(rc, err, name)) is not None:
+                failures.append(f"read-only, {command}: {problem}")
+        rc, err = _run(root, ["kb", "list"])
+        if rc != 0 or err.strip():
+            failures.append(f"read-only, list: exit {rc}: {err.strip()[:200]}")
+        assert not failures, "\n".join(failures)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)  # lazy: never leave a mount behind

@@ -81,10 +81,22 @@ def free_space_hint(folder: Path, need_bytes: int | None = None) -> str:
     return f" Free {amount}on {folder}{free} and run it again."
 
 
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB free: on a full disk SQLite reports "disk I/O error" even for reading (it cannot create
+    the WAL's shared-memory file), so the free space says what the message cannot."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < 1 << 20
+    except OSError:
+        return False
+
+
 def storage_error(kb_name: str, what: str, exc: BaseException, folder: Path, *,
                   outcome: str = "nothing was changed", need_bytes: int | None = None) -> StorageError:
     """The one line for an I/O failure: which KB, what failed and why, what it means for the data, the fix."""
-    hint = free_space_hint(folder, need_bytes) if is_disk_full(exc) else ""
+    hint = free_space_hint(folder, need_bytes) if is_disk_full(exc) or _nearly_full(folder) else ""
     if not hint and isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).lower():
         hint = f" Check that {folder} is writable."
     return StorageError(f"knowledge base {kb_name!r}: {what} failed: {reason_of(exc).rstrip('.')}. "
