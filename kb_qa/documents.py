@@ -114,12 +114,12 @@ def remove_documents(app, name: str, sources: Sequence[str], *, delete_files: bo
         if undeletable:
             from kb_qa.errors import StorageError
 
-            target, exc = undeletable[0]
+            first, failure = undeletable[0]
             more = f" (and {len(undeletable) - 1} more)" if len(undeletable) > 1 else ""
             raise StorageError(
                 f"knowledge base {kb.name!r}: {len(report.removed)} document(s) were removed from the knowledge "
-                f"base, but deleting the file {target}{more} failed: {exc.strerror or exc}. Delete it by hand, "
-                f"or a re-ingest of {folder} brings it back")
+                f"base, but deleting the file {first}{more} failed: {failure.strerror or failure}. Delete it by "
+                f"hand, or a re-ingest of {folder} brings it back")
     return report
 
 

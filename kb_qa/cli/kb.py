@@ -18,8 +18,8 @@ EXAMPLES = """examples:
   {prog} check                         # verify every KB: integrity, counts, index checksum, orphan files
   {prog} repair samples                # fix what the records allow: index, keyword table, orphans
 
-exit status: 0 ok, 1 some paths were not in the KB or a check found problems, 2 bad name or no such KB,
-4 the KB is busy"""
+exit status: 0 ok, 1 some paths were not in the KB, a check found problems, or the disk failed (full, read-only,
+I/O error: one line, nothing lost), 2 bad name or no such KB, 4 the KB is busy"""
 
 
 def build_parser(prog: str = "python -m kb_qa.kb"):
