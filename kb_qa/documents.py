@@ -100,11 +100,26 @@ def remove_documents(app, name: str, sources: Sequence[str], *, delete_files: bo
         writer.commit()
     if delete_files:
         folder = (app.docs_root / kb.name).resolve()
+        undeletable: list[tuple[Path, OSError]] = []
         for path in report.removed:
             target = _file_inside(folder, origins.get(path))
             if target is not None:
-                target.unlink()
-                report.deleted_files.append(str(target))
+                try:
+                    target.unlink()
+                    report.deleted_files.append(str(target))
+                except FileNotFoundError:
+                    pass  # gone already: nothing to bring it back
+                except OSError as exc:
+                    undeletable.append((target, exc))
+        if undeletable:
+            from kb_qa.errors import StorageError
+
+            first, failure = undeletable[0]
+            more = f" (and {len(undeletable) - 1} more)" if len(undeletable) > 1 else ""
+            raise StorageError(
+                f"knowledge base {kb.name!r}: {len(report.removed)} document(s) were removed from the knowledge "
+                f"base, but deleting the file {first}{more} failed: {failure.strerror or failure}. Delete it by "
+                f"hand, or a re-ingest of {folder} brings it back")
     return report
 
 

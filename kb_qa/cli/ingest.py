@@ -16,7 +16,8 @@ EXAMPLES = """examples:
   {prog} ./docs --kb manuals --prune    # also drop documents whose files are gone
   {prog} ./docs --kb manuals --rebuild  # re-embed everything (e.g. after changing models)
 
-exit status: 0 all files ok, 1 some files failed (listed with reasons), 2 the run could not start (bad name,
+exit status: 0 all files ok, 1 some files failed (listed with reasons) or the disk failed (full, read-only, I/O
+error: one line; the batches committed before it are kept), 2 the run could not start (bad name,
 bad settings), 3 the embedding model is not available, 4 the KB is busy, 130 Ctrl-C (what was committed is kept
 and listed)"""
 

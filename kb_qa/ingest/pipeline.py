@@ -29,7 +29,8 @@ from kb_qa.ingest.worker import parse_file
 from kb_qa.naming import validate_doc_path
 from kb_qa.schema import Chunk
 from kb_qa.settings import IngestSettings
-from kb_qa.store import KnowledgeBase
+from kb_qa.store import KnowledgeBase, KnowledgeBaseError
+from kb_qa.store.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ def ingest(
             except LoadError as exc:
                 emit(FileOutcome(cand.source, FAILED, reason=exc.reason))
                 continue
+            except (KnowledgeBaseError, StorageError):
+                raise  # the store failed, not this file: the batch is rolled back and the run stops
             except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not sink the batch
                 log.exception("unexpected error loading %s", cand.path)
                 emit(FileOutcome(cand.source, FAILED, reason=f"{type(exc).__name__}: {exc}"))
