@@ -24,6 +24,7 @@ import numpy as np
 from kb_qa.ingest.discover import discover
 from kb_qa.ingest.limits import ParseOptions, check_chunks
 from kb_qa.ingest.loaders import SUPPORTED_EXTENSIONS, LoadError
+from kb_qa.ingest.ocr import OcrCost, collect_cost
 from kb_qa.ingest.splitter import split_sections
 from kb_qa.ingest.worker import parse_file
 from kb_qa.naming import validate_doc_path
@@ -50,6 +51,7 @@ class IngestReport:
     outcomes: list[FileOutcome] = field(default_factory=list)
     chunks_embedded: int = 0
     seconds: float = 0.0
+    ocr: OcrCost = field(default_factory=OcrCost)  # pages/pictures OCR'd while parsing the files loaded
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -62,6 +64,7 @@ class IngestReport:
         parts = [f"{s} {self.count(s)}" for s in (ADDED, UPDATED, UNCHANGED, FAILED, REMOVED)]
         lines = [f"knowledge base {self.kb!r}: " + ", ".join(parts)
                  + f"; {self.chunks_embedded} chunks embedded in {self.seconds:.1f} s"]
+        lines += [f"  {self.ocr.summary()}"] if self.ocr.summary() else []
         lines += [f"  failed: {o.source}: {o.reason}" for o in self.failed]
         return "\n".join(lines)
 
@@ -80,6 +83,7 @@ class _Pending:
     size: int
     status: str
     chunks: list[Chunk] = field(default_factory=list)
+    ocr: OcrCost = field(default_factory=OcrCost)
 
 
 def collect_files(paths: Iterable[str | os.PathLike], extensions: Iterable[str] | None = None
@@ -117,6 +121,7 @@ def ingest(
     report.outcomes.extend(missing)
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
     embedder = None
+    ocr_progress = _OcrProgress() if progress else None
     if not rebuild:
         kb.check_embedding(embedding_model)  # fail before any work if the KB was built with another model
 
@@ -163,7 +168,7 @@ def ingest(
         files = _progress(candidates, progress, "files")
         for cand in files:
             try:
-                pending = _prepare(cand, writer, max_bytes, pending_by_sha, settings)
+                pending = _prepare(cand, writer, max_bytes, pending_by_sha, settings, ocr_progress)
             except LoadError as exc:
                 emit(FileOutcome(cand.source, FAILED, reason=exc.reason))
                 continue
@@ -174,6 +179,7 @@ def ingest(
             if pending is None:
                 emit(FileOutcome(cand.source, UNCHANGED))
                 continue
+            report.ocr.add(pending.ocr)
             batch.append(pending)
             batch_chunks += len(pending.chunks)
             if pending.chunks:
@@ -201,7 +207,8 @@ def kb_documents_gone(writer) -> list[str]:
 
 
 def _prepare(cand: _Candidate, writer, max_bytes: int, pending_by_sha: dict[str, _Pending],
-             settings: IngestSettings) -> _Pending | None:
+             settings: IngestSettings, on_ocr_page: Callable[[int, int, str], None] | None = None
+             ) -> _Pending | None:
     """Read, hash and (if new) load + split one file. None = unchanged. Raises LoadError."""
     source = validate_doc_path(cand.source)
     try:
@@ -226,7 +233,8 @@ def _prepare(cand: _Candidate, writer, max_bytes: int, pending_by_sha: dict[str,
     if writer.has_content(sha) or sha in pending_by_sha:
         return pending  # identical bytes already stored (or queued): link, don't embed again
     options = ParseOptions.from_settings(settings)
-    sections = parse_file(cand.path, options, name=cand.path.name)  # in the bounded worker process
+    with collect_cost() as pending.ocr:  # OCR pages/pictures and seconds, for the summary
+        sections = parse_file(cand.path, options, name=cand.path.name, on_progress=on_ocr_page)  # bounded worker
     chunks = split_sections(sections, source, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
     if not chunks:
         raise LoadError(cand.path, "no text to index")
@@ -250,6 +258,22 @@ def _encode_sorted(embedder, texts: list[str], *, progress: bool) -> np.ndarray:
     if bar is not None:
         bar.close()
     return out
+
+
+class _OcrProgress:
+    """A progress bar per file for OCR pages (`on_progress(done, total, unit)` from the parser)."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def __call__(self, done: int, total: int, unit: str) -> None:
+        if self._bar is None:
+            self._bar = _progress(None, True, unit, total=total)
+        self._bar.n = done
+        self._bar.refresh()
+        if done >= total:
+            self._bar.close()
+            self._bar = None
 
 
 def _progress(iterable, enabled: bool, unit: str, total: int | None = None):
