@@ -59,6 +59,67 @@ def test_an_image_without_ocr_is_refused_clearly():
         load_bytes(made_scan(), "scan.png")  # library default: ocr off
 
 
+def strip_pdf(png: bytes, strips: int, rotate: int = 0) -> bytes:
+    """A one-page PDF that draws the picture as `strips` horizontal image strips stacked by `cm` (as some scanners
+    store a page), each strip border cutting through a text line of `made_scan`. With `rotate` the picture is
+    stored turned that much counter-clockwise and the page's /Rotate turns it back upright for display."""
+    import zlib
+
+    from PIL import Image
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject, StreamObject
+
+    image = Image.open(io.BytesIO(png)).convert("L").rotate(rotate, expand=True)
+    width, height = image.size
+    writer = PdfWriter()
+    page = writer.add_blank_page(width=width * 0.75, height=height * 0.75)  # a 96-dpi picture, in points
+    xobjects, ops = DictionaryObject(), []
+    step = -(-height // strips)
+    for n, top in enumerate(range(0, height, step)):
+        strip = image.crop((0, top, width, min(height, top + step)))
+        stream = StreamObject()
+        stream._data = zlib.compress(strip.tobytes())
+        stream.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Image"),
+                       NameObject("/Width"): NumberObject(strip.width),
+                       NameObject("/Height"): NumberObject(strip.height),
+                       NameObject("/ColorSpace"): NameObject("/DeviceGray"),
+                       NameObject("/BitsPerComponent"): NumberObject(8),
+                       NameObject("/Filter"): NameObject("/FlateDecode")})
+        xobjects[NameObject(f"/S{n}")] = writer._add_object(stream)
+        bottom = (height - top - strip.height) * 0.75
+        ops.append(f"q {strip.width * 0.75:.2f} 0 0 {strip.height * 0.75:.2f} 0 {bottom:.2f} cm /S{n} Do Q")
+    page[NameObject("/Resources")] = DictionaryObject({NameObject("/XObject"): xobjects})
+    if rotate:
+        page[NameObject("/Rotate")] = NumberObject(rotate)
+    content = DecodedStreamObject()
+    content.set_data(" ".join(ops).encode())
+    page[NameObject("/Contents")] = writer._add_object(content)
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
+
+
+def test_a_page_stored_as_image_strips_is_composed_and_read_whole():
+    from pypdf import PdfReader
+
+    from kb_qa.ingest.loaders.pdf import _ocr_pictures
+
+    data = strip_pdf(made_scan(), strips=5)
+    reader = PdfReader(io.BytesIO(data))
+    pictures = _ocr_pictures(reader.pages[0], reader, "strips.pdf", 1)
+    assert [p.size for p in pictures] == [(900, 180)]  # one picture of the page, at the strips' resolution
+    sections = load_bytes(data, "strips.pdf", options=ParseOptions(ocr="auto"))
+    assert [(s.page, s.ocr) for s in sections] == [(1, True)]
+    got, want = " ".join(sections[0].text.split()), " ".join(LINES)
+    assert edit_distance(got, want) / len(want) <= MAX_CER, got
+
+
+def test_a_rotated_scan_page_is_turned_upright_as_the_page_is_shown():
+    sections = load_bytes(strip_pdf(made_scan(), strips=3, rotate=90), "turned.pdf", options=ParseOptions(ocr="auto"))
+    got, want = " ".join(sections[0].text.split()), " ".join(LINES)
+    assert edit_distance(got, want) / len(want) <= MAX_CER, got
+
+
 # -- pictures inside DOCX / PPTX ------------------------------------------------------------------------------
 
 PICTURE_LINE = "Invoice total 4,321 dollars"
@@ -180,10 +241,10 @@ def test_worker_reports_ocr_progress_per_page_and_cost(tmp_path):
 
 
 def test_ingest_summary_reports_the_ocr_cost(tmp_path, settings, fake_embedder):
+    from conftest import make_app
+
     from kb_qa.cli.ingest import format_report
     from kb_qa.ingest.pipeline import ingest
-
-    from conftest import make_app
 
     folder = tmp_path / "docs"
     folder.mkdir()

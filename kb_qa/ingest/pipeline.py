@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -264,16 +265,16 @@ class _OcrProgress:
     """A progress bar per file for OCR pages (`on_progress(done, total, unit)` from the parser)."""
 
     def __init__(self) -> None:
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar while a file's OCR is under way
 
     def __call__(self, done: int, total: int, unit: str) -> None:
-        if self._bar is None:
-            self._bar = _progress(None, True, unit, total=total)
-        self._bar.n = done
-        self._bar.refresh()
+        bar = self._bar if self._bar is not None else _progress(None, True, unit, total=total)
+        bar.n = done
+        bar.refresh()
         if done >= total:
-            self._bar.close()
-            self._bar = None
+            bar.close()
+            bar = None
+        self._bar = bar
 
 
 def _progress(iterable, enabled: bool, unit: str, total: int | None = None):

@@ -2,14 +2,14 @@
 
 Why: scanners and converters often store a scanned page as many images. `mineru/small_ocr.pdf` draws each page
 as 62 strips of 1634x39 pixels stacked by `cm` operators; OCR'd one by one, every text line cut by a strip
-border was misread and one page took ~127 s (62 detector + recogniser runs). Pasted back into one page
-picture, the same page is one OCR call and its lines are whole.
+border was misread and page 1 took 127 s wall on the shared 2-core machine (62 detector + recogniser runs).
+Pasted back into one page picture, the same page is one OCR call and its lines are whole.
 
 `page_picture(page)` walks the content stream (q/Q/cm/Do, forms included, to a small depth), places each image
 XObject at its box in page space, and pastes it on a white canvas at the images' own resolution (capped at
-`MAX_CANVAS_SIDE` pixels on the long side, so a 600-dpi scan is not blown up for nothing). It returns None when
-the page cannot be composed that way (no placed images, a rotated or skewed image, inline images only); the
-caller then falls back to the page's images one by one.
+`MAX_CANVAS_SIDE` pixels on the long side, so a 600-dpi scan is not blown up for nothing), turned as the page's
+/Rotate says it is shown. It returns None when the page cannot be composed that way (no placed images, a rotated
+or skewed image, inline images only); the caller then falls back to the page's images one by one.
 """
 
 from __future__ import annotations
@@ -104,13 +104,26 @@ def page_picture(page, reader=None):
     canvas = Image.new("L", (max(1, round(width_pt * scale)), max(1, round(height_pt * scale))), 255)
     for picture, (a, _b, _c, d, e, f) in pictures:
         x0, x1 = (e - left) * scale, (e + a - left) * scale
-        y_top, y_bottom = (height_pt - (f + max(d, 0) - bottom)) * scale, (height_pt - (f + min(d, 0) - bottom)) * scale
+        y_top = (height_pt - (f + max(d, 0) - bottom)) * scale  # PDF y grows upwards, the canvas's downwards
+        y_bottom = (height_pt - (f + min(d, 0) - bottom)) * scale
         size = (max(1, round(x1 - x0)), max(1, round(y_bottom - y_top)))
-        gray = picture.convert("L")
+        gray = _on_white(picture)
         if d < 0:  # drawn upside down
             gray = gray.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
         canvas.paste(gray.resize(size), (round(x0), round(y_top)))
-    return canvas
+    rotation = int(page.get("/Rotate", 0) or 0) % 360  # shown turned clockwise by this much: turn it the same
+    return canvas.rotate(-rotation, expand=True) if rotation in (90, 180, 270) else canvas
+
+
+def _on_white(picture):
+    """Grayscale, with any transparency (an SMask, a PNG-like palette) laid on white rather than black."""
+    from PIL import Image
+
+    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
+        rgba = picture.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("L")
+    return picture.convert("L")
 
 
 def _decode(xobject, xobj_to_image):
