@@ -75,7 +75,7 @@ def cjk_font() -> tuple[str, str] | None:
                              timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    for line in sorted(out.splitlines()):
+    for line in sorted(out.splitlines(), key=lambda ln: ("Mono" in ln, ln)):  # a proportional face first
         path, _, family = line.partition(": ")
         if path:
             return family.split(",")[0], path.strip()

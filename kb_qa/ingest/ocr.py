@@ -39,8 +39,9 @@ MIN_PICTURE_SIDE = 32  # px: in auto mode a picture in a DOCX/PPTX narrower or l
 MIN_PICTURE_PIXELS = 20_000  # px: ... nor one smaller than this in all (about 200 x 100)
 # px: the longest side the text detector sees. RapidOCR's default ('min 736') upscales a page so its SHORT side is
 # 736 px; 'max 960' scales a 1634x2400 scan page down to 654x960 for detection only (recognition still crops the
-# lines from the full-resolution picture). Measured on mineru/small_ocr.pdf page 1: every line of body text and
-# footnotes found at 960, and detection ~1.2 s instead of ~13 s at 1600 (see bench/bench_ocr.py).
+# lines from the full-resolution picture). Measured on mineru/small_ocr.pdf page 1 (composed, 1634x2400), one
+# thread: the same 31 lines found at 960 and 1600, detection 1.2 vs 1.8 CPU-s; recognition (~8 CPU-s a page) is
+# most of the cost and does not depend on this size.
 _DET_SIDE = 960
 
 progress_callback: contextvars.ContextVar[Callable[[int, int, str], None] | None] = contextvars.ContextVar(
