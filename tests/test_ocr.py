@@ -257,8 +257,8 @@ def test_ingest_summary_reports_the_ocr_cost(tmp_path, settings, fake_embedder):
     assert report.count("added") == 2, report.summary()
     assert (report.ocr.pages, report.ocr.images) == (1, 1)
     line = report.summary().splitlines()[1]
-    assert line.startswith("  OCR: 1 pages, 1 pictures in ") and line.endswith(" s"), report.summary()
-    assert "OCR: 1 pages, 1 pictures" in format_report(report)
+    assert line.startswith("  OCR: 1 page, 1 picture in ") and line.endswith(" s"), report.summary()
+    assert "OCR: 1 page, 1 picture in " in format_report(report)
 
 
 # -- real scans in ../shared/docs ----------------------------------------------------------------------------------

@@ -77,11 +77,15 @@ class OcrCost:
         """'OCR: 8 pages, 2 pictures in 41.2 s' (empty when nothing was OCR'd)."""
         if not (self.pages or self.images or self.skipped_pages or self.skipped_images):
             return ""
-        parts = [f"{self.pages} pages"] if self.pages or self.skipped_pages else []
-        parts += [f"{self.images} pictures"] if self.images or self.skipped_images else []
+        parts = [_count(self.pages, "page")] if self.pages or self.skipped_pages else []
+        parts += [_count(self.images, "picture")] if self.images or self.skipped_images else []
         skipped = self.skipped_pages + self.skipped_images
         return "OCR: " + ", ".join(parts) + f" in {self.seconds:.1f} s" + (
             f" ({skipped} skipped over ingest.ocr_max_pages / ocr_max_images)" if skipped else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 _cost_lock = threading.Lock()
