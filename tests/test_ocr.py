@@ -270,10 +270,10 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
-@pytest.mark.slow  # one full scan page: 40 s wall at load average 10 on the shared 2-core machine
+@pytest.mark.slow  # one full scan page: 6.6 s idle, 40-53 s at load average 10 on the shared 2-core machine
 def test_strip_scan_page_is_composed_and_read_as_whole_lines():
     """small_ocr.pdf draws each page as 62 image strips; composed back into one page picture the text lines are
-    whole (one strip at a time they were cut and misread, and a page took ~2 minutes)."""
+    whole (one strip at a time they were cut and misread, and a page took 4x as long)."""
     from kb_qa.ingest.ocr import collect_cost
 
     with collect_cost() as cost:
@@ -286,7 +286,7 @@ def test_strip_scan_page_is_composed_and_read_as_whole_lines():
     assert (cost.pages, cost.skipped_pages) == (1, 7)
 
 
-@pytest.mark.slow  # one full scan page: 16 s wall at load average 10 on the shared 2-core machine
+@pytest.mark.slow  # one full scan page: 6.6 s idle, 16-20 s at load average 10 on the shared 2-core machine
 def test_typed_letter_scan_is_read_when_forced_and_kept_as_its_text_layer_in_auto():
     """pdf-with-ocr-text.pdf is a scanned letter with someone else's (poor) OCR text layer."""
     from kb_qa.ingest.ocr import collect_cost

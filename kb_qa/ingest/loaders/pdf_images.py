@@ -2,8 +2,8 @@
 
 Why: scanners and converters often store a scanned page as many images. `mineru/small_ocr.pdf` draws each page
 as 62 strips of 1634x39 pixels stacked by `cm` operators; OCR'd one by one, every text line cut by a strip
-border was misread and page 1 took 127 s wall on the shared 2-core machine (62 detector + recogniser runs).
-Pasted back into one page picture, the same page is one OCR call and its lines are whole.
+border was misread, and page 1 took 20.7 s on the idle 2-core machine (62 detector + recogniser runs; 240 s
+under load). Pasted back into one page picture, the page is one OCR call (~5 s) and its lines are whole.
 
 `page_picture(page)` walks the content stream (q/Q/cm/Do, forms included, to a small depth), places each image
 XObject at its box in page space, and pastes it on a white canvas at the images' own resolution (capped at
