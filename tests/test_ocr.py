@@ -236,7 +236,7 @@ def test_worker_reports_ocr_progress_per_page_and_cost(tmp_path):
     with collect_cost() as cost:
         sections = parse_file(path, ParseOptions(ocr="auto"), on_progress=lambda *a: seen.append(a))
     assert sections and sections[0].ocr
-    assert seen == [(1, 1, "OCR pages")]
+    assert seen == [(0, 1, "OCR pages"), (1, 1, "OCR pages")]
     assert cost.pages == 1 and cost.seconds > 0  # measured in the worker, added to the caller's count
 
 

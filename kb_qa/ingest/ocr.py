@@ -177,6 +177,8 @@ def ocr_pages(pages: Iterable[tuple[int, list]], total: int) -> list[Section]:
     sections: list[Section] = []
     done = skipped = 0
     started = time.perf_counter()
+    if report is not None and total:
+        report(0, min(total, options.ocr_max_pages), "OCR pages")  # the bar starts with the first page's work
     for number, images in pages:
         if done >= options.ocr_max_pages:
             skipped += 1
