@@ -98,6 +98,10 @@ class IngestSettings(Section):
     )
     ocr_threads: int = Field(2, ge=1, le=64, description="CPU threads for OCR (onnxruntime intra-op).")
     ocr_max_pages: int = Field(100, ge=1, description="Pages OCR'd per file; later pages are skipped.")
+    ocr_max_images: int = Field(
+        50, ge=0, description="Pictures inside one DOCX/PPTX OCR'd (auto: only those of 200x100 px or more); "
+        "later ones are skipped."
+    )
     pdf_backend: Literal["pypdf", "pymupdf"] = Field(
         "pypdf", description="PDF text extraction; pymupdf (AGPL-3.0) is an opt-in extra, not installed by default."
     )

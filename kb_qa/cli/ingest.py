@@ -43,6 +43,8 @@ def format_report(report) -> str:
     counts = ", ".join(f"{s} {report.count(s)}" for s in ("added", "updated", "unchanged", "failed", "removed"))
     lines = [f"knowledge base {printable(report.kb)!s}: {counts}; {report.chunks_embedded} chunks embedded in "
              f"{report.seconds:.1f} s"]
+    ocr = report.ocr.summary()
+    lines += [f"  {ocr}"] if ocr else []
     lines += [f"  failed: {printable(o.source)}: {printable(o.reason or '')}" for o in report.failed]
     return "\n".join(lines)
 
@@ -62,6 +64,7 @@ def run(app, args, out=None) -> int:
     if args.json:
         out.write(json.dumps({"kb": report.kb, "seconds": round(report.seconds, 3),
                               "chunks_embedded": report.chunks_embedded,
+                              "ocr": asdict(report.ocr),
                               "files": [asdict(o) for o in report.outcomes]}, ensure_ascii=False, indent=1) + "\n")
     else:
         out.write(format_report(report) + "\n")

@@ -25,6 +25,7 @@ import numpy as np
 from kb_qa.ingest.discover import discover
 from kb_qa.ingest.limits import ParseOptions, check_chunks
 from kb_qa.ingest.loaders import SUPPORTED_EXTENSIONS, LoadError
+from kb_qa.ingest.ocr import OcrCost, collect_cost
 from kb_qa.ingest.splitter import split_sections
 from kb_qa.ingest.worker import parse_file
 from kb_qa.naming import validate_doc_path
@@ -52,6 +53,7 @@ class IngestReport:
     outcomes: list[FileOutcome] = field(default_factory=list)
     chunks_embedded: int = 0
     seconds: float = 0.0
+    ocr: OcrCost = field(default_factory=OcrCost)  # pages/pictures OCR'd while parsing the files loaded
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -64,6 +66,7 @@ class IngestReport:
         parts = [f"{s} {self.count(s)}" for s in (ADDED, UPDATED, UNCHANGED, FAILED, REMOVED)]
         lines = [f"knowledge base {self.kb!r}: " + ", ".join(parts)
                  + f"; {self.chunks_embedded} chunks embedded in {self.seconds:.1f} s"]
+        lines += [f"  {self.ocr.summary()}"] if self.ocr.summary() else []
         lines += [f"  failed: {o.source}: {o.reason}" for o in self.failed]
         return "\n".join(lines)
 
@@ -83,6 +86,7 @@ class _Pending:
     status: str
     chunks: list[Chunk] = field(default_factory=list)
     vectors: np.ndarray | None = None  # one per chunk, once embedded
+    ocr: OcrCost = field(default_factory=OcrCost)
 
 
 def collect_files(paths: Iterable[str | os.PathLike], extensions: Iterable[str] | None = None
@@ -124,6 +128,7 @@ def ingest(
     report = IngestReport(kb.name)
     candidates, missing = collect_files(paths, settings.extensions)
     report.outcomes.extend(missing)
+    ocr_progress = _OcrProgress() if progress else None
     if not rebuild:
         kb.check_embedding(embedding_model)  # fail before any work if the KB was built with another model
     run = _Run(kb, settings, embedder_factory, embedding_model, lock_timeout_s, progress, rebuild, report, on_file)
@@ -132,7 +137,8 @@ def ingest(
     batch_chunks = 0
     for cand in _progress(candidates, progress, "files"):
         try:
-            pending = _prepare(cand, kb, run.options, run.queued, settings, rebuild=rebuild)  # no lock held
+            pending = _prepare(cand, kb, run.options, run.queued, settings, rebuild=rebuild,
+                               on_ocr_page=ocr_progress)  # no lock held
         except LoadError as exc:
             run.emit(FileOutcome(cand.source, FAILED, reason=exc.reason))
             continue
@@ -145,6 +151,7 @@ def ingest(
         if pending is None:
             run.emit(FileOutcome(cand.source, UNCHANGED))
             continue
+        report.ocr.add(pending.ocr)
         batch.append(pending)
         batch_chunks += len(pending.chunks)
         if pending.chunks:
@@ -279,7 +286,8 @@ def kb_documents_gone(writer) -> list[str]:
 
 
 def _prepare(cand: _Candidate, kb: KnowledgeBase, options: ParseOptions, queued: dict[str, _Pending],
-             settings: IngestSettings, *, rebuild: bool) -> _Pending | None:
+             settings: IngestSettings, *, rebuild: bool,
+             on_ocr_page: Callable[[int, int, str], None] | None = None) -> _Pending | None:
     """Read, hash and (if new) load + split one file, from the committed records and without the write lock.
     None = unchanged. Raises LoadError."""
     source = validate_doc_path(cand.source)
@@ -294,7 +302,8 @@ def _prepare(cand: _Candidate, kb: KnowledgeBase, options: ParseOptions, queued:
     pending = _Pending(source, str(cand.path), sha, size, status)
     if sha in queued or (not rebuild and kb.has_content(sha)):
         return pending  # identical bytes already stored (or queued): link, don't embed again
-    sections = parse_file(cand.path, options, name=cand.path.name)  # in the bounded worker process
+    with collect_cost() as pending.ocr:  # OCR pages/pictures and seconds, for the summary
+        sections = parse_file(cand.path, options, name=cand.path.name, on_progress=on_ocr_page)  # bounded worker
     if _hash_file(cand, max_bytes)[0] != sha:  # the chunks must be those of the bytes recorded as their hash
         raise LoadError(cand.path, "the file changed while it was being read; run the ingest again")
     chunks = split_sections(sections, source, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
@@ -336,6 +345,22 @@ def _encode_sorted(embedder, texts: list[str], *, progress: bool) -> np.ndarray:
     if bar is not None:
         bar.close()
     return out
+
+
+class _OcrProgress:
+    """A progress bar per file for OCR pages (`on_progress(done, total, unit)` from the parser)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None  # a tqdm bar while a file's OCR is under way
+
+    def __call__(self, done: int, total: int, unit: str) -> None:
+        bar = self._bar if self._bar is not None else _progress(None, True, unit, total=total)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bar = None
+        self._bar = bar
 
 
 def _progress(iterable, enabled: bool, unit: str, total: int | None = None):

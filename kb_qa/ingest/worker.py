@@ -29,6 +29,8 @@ from typing import Any
 
 from kb_qa.ingest.limits import ParseOptions
 from kb_qa.ingest.loaders.base import LoadError
+from kb_qa.ingest.ocr import OcrCost, collect_cost, progress_callback
+from kb_qa.ingest.ocr import record as record_ocr
 from kb_qa.schema import Section
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class ParseWorker:
                         done, total, unit = message["progress"]
                         on_progress(int(done), int(total), str(unit))
                     continue
+                if message.get("ocr_cost"):
+                    record_ocr(OcrCost.from_dict(message["ocr_cost"]))  # into the caller's ingest summary
                 if message.get("restart"):
                     self._stop()  # a MemoryError leaves the interpreter in doubt: start clean next time
                 if "error" in message:
@@ -147,8 +151,12 @@ def parse_file(path: str | os.PathLike, options: ParseOptions | None = None, *, 
                on_progress: Progress | None = None) -> list[Section]:
     """Load one file within `options.limits`: in a worker process when `limits.isolate` (the default), else in
     this process (no time or memory bound). Raises LoadError naming the file and the reason. Safe to call from
-    several threads at once: each call has a worker of its own."""
+    several threads at once: each call has a worker of its own.
+
+    Progress (OCR pages) goes to `on_progress`, else to the caller's `ocr.progress_callback`; the OCR cost to the
+    caller's `ocr.collect_cost()`."""
     options = options or ParseOptions()
+    on_progress = on_progress or progress_callback.get()
     if not options.limits.isolate:
         from kb_qa.ingest.loaders import load_document
 
@@ -199,7 +207,6 @@ def _serve(conn, options_json: str) -> None:
     options = ParseOptions.from_json(options_json)
     _cap_memory(options.limits.memory_mb)
     from kb_qa.ingest.loaders import load_document
-    from kb_qa.ingest.ocr import progress_callback
 
     def report(done: int, total: int, unit: str) -> None:
         conn.send_bytes(json.dumps({"progress": [done, total, unit]}).encode("utf-8"))
@@ -210,8 +217,10 @@ def _serve(conn, options_json: str) -> None:
         except (EOFError, OSError):
             return
         token = progress_callback.set(report)
+        cost = OcrCost()
         try:
-            sections = load_document(Path(request["path"]), options=options)
+            with collect_cost() as cost:
+                sections = load_document(Path(request["path"]), options=options)
             answer: dict[str, Any] = {"sections": [{"text": s.text, "page": s.page, "heading": s.heading, "ocr": s.ocr}
                                     for s in sections]}
         except LoadError as exc:
@@ -223,6 +232,8 @@ def _serve(conn, options_json: str) -> None:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
             progress_callback.reset(token)
+        if cost.pages or cost.images or cost.skipped_pages or cost.skipped_images:
+            answer["ocr_cost"] = cost.to_dict()
         try:
             conn.send_bytes(json.dumps(answer, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         except MemoryError:
