@@ -30,14 +30,14 @@ class GatedParse:
         self.real = pipeline.parse_file
         self._first = True
 
-    def __call__(self, path, options, *, name=None):
+    def __call__(self, path, options, *, name=None, on_progress=None):
         if os.path.basename(path) == self.name and self._first:
             self._first = False
             self.entered.set()
             if self.during is not None:
                 self.during(path)
             assert self.release.wait(60), "the test never released the parse"
-        return self.real(path, options, name=name)
+        return self.real(path, options, name=name, on_progress=on_progress)
 
 
 def _ingest(settings, fake_embedder, paths, **kwargs):
