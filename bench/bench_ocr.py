@@ -48,15 +48,6 @@ EN_FONTS = ["DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono", "Liberation Sans"
             "Liberation Mono"]
 
 
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
 def font_file(family: str, lang: str | None = None) -> str | None:
     """The file fontconfig matches for `family` (None when fontconfig has no font of that family/language)."""
     pattern = f"{family}:lang={lang}" if lang else family
@@ -98,9 +89,9 @@ def render(lines: list[str], font_path: str, size: int) -> bytes:
 
 
 def cer_pair(got: str, want: str) -> tuple[float, float]:
-    spaced = edit_distance(" ".join(got.split()), " ".join(want.split())) / len(" ".join(want.split()))
+    spaced = ocr.edit_distance(" ".join(got.split()), " ".join(want.split())) / len(" ".join(want.split()))
     bare_want = "".join(want.split())
-    bare = edit_distance("".join(got.split()), bare_want) / len(bare_want)
+    bare = ocr.edit_distance("".join(got.split()), bare_want) / len(bare_want)
     return spaced, bare
 
 

@@ -13,20 +13,12 @@ pytest.importorskip("rapidocr_onnxruntime")
 
 from kb_qa.ingest.limits import ParseOptions  # noqa: E402
 from kb_qa.ingest.loaders import LoadError, load_bytes, load_document  # noqa: E402
+from kb_qa.ingest.ocr import edit_distance  # noqa: E402
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "docs"
 LINES = ["Quarterly revenue rose to 1,234 million", "The invoice is due on 2024-03-31"]
 MAX_CER = 0.05  # English, 28 px DejaVu Sans, clean render: RapidOCR reads it nearly perfectly
-
-
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 def made_scan() -> bytes:

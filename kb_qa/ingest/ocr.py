@@ -269,3 +269,14 @@ def _reading_order(result: list) -> str:
             lines.append([(left, text)])
             line_mid, line_height = mid, height
     return "\n".join(" ".join(t for _, t in sorted(line)) for line in lines)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance in characters (insertions, deletions, substitutions): the numerator of the character
+    error rate that the OCR tests and bench/bench_ocr.py report. O(len(a) * len(b)) time, one row of memory."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
