@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 
 import streamlit as st
 
 from kb_qa.conversations import Conversation, ConversationStore, SourceRecord, Turn, eval_bench_zip, new_id
 from kb_qa.jobs import error_text, is_expected, runner_for
+from kb_qa.kb_options import create_with_options, model_mismatch, read_options, validated
 from kb_qa.webui_markdown import safe_markdown
 from kb_qa.webui_support import (
     conversation_markdown,
@@ -45,10 +47,9 @@ from kb_qa.webui_text import LANGUAGES, answer_note, question_language, translat
 
 log = logging.getLogger("kb_qa.webui")
 
-st.set_page_config(page_title="kb_qa · knowledge-base QA", layout="wide")  # no page_icon: a material/emoji
-# favicon is fetched from a CDN (fonts.gstatic.com); the page makes no request beyond its own server
 SETTING_KEYS = ("lang", "top_k", "score_threshold", "hybrid", "temperature", "max_new_tokens", "history_rounds")
 POLL_S = 0.5  # how often the progress of a running upload / rebuild is redrawn
+STORING_WAIT_S = 10.0  # how long a run waits for the answer a stopped run is still storing (normally ms)
 
 
 def T(text: str, **fields) -> str:  # noqa: N802 - the page's one-letter translation call
@@ -262,6 +263,10 @@ def embedding_state(app) -> str:
 # ======================================================================================================
 def chat_view(app, store: ConversationStore) -> None:
     ss = st.session_state
+    storing = ss.get("storing_answer")
+    if storing is not None and not storing.wait(STORING_WAIT_S):  # a stopped run still storing its answer
+        log.warning("the previous answer was not stored within %.0f s; drawing the conversation as it is",
+                    STORING_WAIT_S)
     turns: list[Turn] = ss.conversation.turns
     kbs = list(ss.ask_kbs)
     # drawn first and the same in every run (an answer given in this run reruns the page), so nothing above the
@@ -387,18 +392,33 @@ def answer_actions(turn: Turn, n: int, *, last: bool, store: ConversationStore) 
 
 def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
     ss = st.session_state
-    turn = Turn(question=question, kbs=list(kbs), settings=request_overrides())
-    turns = ss.conversation.turns
-    history = history_pairs(turns, int(ss.history_rounds))
-    turns.append(turn)  # kept even if the run is stopped or interrupted half-way
-    if not ss.conversation.title:
-        ss.conversation.title = question
-    save_conversation(store)
-    st.query_params["c"] = ss.conversation.id
-    n = len(turns) - 1
-    lang = question_language(question)
+    # Stop (or any click) stops this run: Streamlit raises StopException at its next st.* call and starts the next
+    # run at once, in another thread. From then on every st.* call, st.session_state included, raises again, so
+    # what storing the turn needs is taken now, and the next run waits on `storing` before it draws the turns.
+    owner, conversation = ss.owner, ss.conversation
+    storing = ss["storing_answer"] = threading.Event()
+    overrides = request_overrides()
+    turn = Turn(question=question, kbs=list(kbs), settings=overrides)
+    history = history_pairs(conversation.turns, int(ss.history_rounds))
+    conversation.turns.append(turn)  # kept even if the run is stopped or interrupted half-way
+    if not conversation.title:
+        conversation.title = question
+    try:
+        store.save(owner, conversation)
+        st.query_params["c"] = conversation.id
+        stream_turn(turn, len(conversation.turns) - 1, history, kbs, overrides,
+                    save=lambda: store.save(owner, conversation))
+    finally:
+        storing.set()  # stored (or failed to be): the next run may draw it
+    st.rerun()  # draw the finished turn the way every earlier one is drawn (actions, rating, sources)
+
+
+def stream_turn(turn: Turn, n: int, history, kbs: list[str], overrides: dict, *, save) -> None:
+    """Draw turn n while its answer streams; then store it with `save()`, also when the run is stopped half-way
+    (what was generated and its sources are kept)."""
+    lang = question_language(turn.question)
     with st.chat_message("user"):
-        st.markdown(md_literal(question))
+        st.markdown(md_literal(turn.question))
     with st.chat_message("assistant"):
         body = st.empty()
         body.markdown(f"*{md_literal(translate('searching…', lang))}*")
@@ -420,7 +440,7 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
         try:
             from kb_qa.schema import Answer
 
-            stream = app.chain().stream_answer(question, history, kbs, overrides=request_overrides(),
+            stream = app.chain().stream_answer(turn.question, history, kbs, overrides=overrides,
                                                on_sources=on_sources)
             shown = 0.0
             for item in stream:
@@ -440,9 +460,9 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
             turn.error = answer_note("failed", lang, error=friendly_error(exc))
             log.warning("answering failed: %r", exc, exc_info=not is_expected(exc))
             _free_gpu_memory(exc)
-        finally:  # also on Stop / a rerun (BaseException): closing the stream ends the generation and frees the lock
+        finally:  # also on Stop / a rerun (BaseException): no st.* call in here, it would raise before the save
             if stream is not None:
-                stream.close()
+                stream.close()  # ends the generation and frees the model's lock
             answer = result.get("answer")
             if answer is not None:
                 turn.answer, turn.mode, turn.query = answer.text, answer.mode, answer.query
@@ -452,10 +472,9 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
                 turn.mode = "llm" if turn.sources else ""
                 turn.stopped = True  # Stop, a click elsewhere, or a reload: what was generated is kept
             turn.seconds = time.perf_counter() - started
-            save_conversation(store)
+            save()
         stop.empty()
         body.empty()
-    st.rerun()  # draw the finished turn the way every earlier one is drawn (actions, rating, sources)
 
 
 def _free_gpu_memory(exc: BaseException) -> None:
@@ -484,9 +503,16 @@ def kb_view(app) -> None:
         st.text_input(T("Name"), key="new_kb_name", placeholder="e.g. manuals",
                       help="Letters (any script), digits, '_', '-', '.'; up to 64 characters.")
         s = app.settings
-        st.caption(md_literal(f"Embedding model {s.embedding.model} · chunks of {s.ingest.chunk_size} "
-                              f"(overlap {s.ingest.chunk_overlap}); set in configs/default.yaml or KB_QA_* "
-                              "variables, for the whole process."))
+        sizes = st.columns(2)
+        sizes[0].number_input(T("Chunk size (characters)"), 50, 4000, value=int(s.ingest.chunk_size), step=50,
+                              key="new_kb_chunk_size", help="Target length of each passage, in characters.")
+        sizes[1].number_input(T("Chunk overlap (characters)"), 0, 1000, value=int(s.ingest.chunk_overlap),
+                              step=10, key="new_kb_chunk_overlap",
+                              help="Characters shared by neighbouring passages; smaller than the chunk size.")
+        st.text_input(T("Embedding model"), value=s.embedding.model, key="new_kb_embedding_model",
+                      help="Recorded with the knowledge base: documents and questions are embedded with it. This "
+                           "page runs one model (embedding.model in the settings); a knowledge base made for "
+                           "another one is usable once the page is started with that model.")
         st.form_submit_button(T("Create"), icon=":material/add:", on_click=create_kb, args=(app,))
     with left:
         if not names:
@@ -510,6 +536,13 @@ def kb_view(app) -> None:
     with summary:
         st.caption(md_literal(f"{plural(info.documents, 'document')} · {plural(info.chunks, 'chunk')} · "
                               f"embedding model {info.embedding_model or '-'}"))
+        options = read_options(kb)
+        if options is not None:
+            st.caption(md_literal(f"Created with chunks of {options.chunk_size} characters (overlap "
+                                  f"{options.chunk_overlap}) for the embedding model {options.embedding_model}."))
+        mismatch = model_mismatch(kb, app.settings.embedding.model)
+        if mismatch and not (info.embedding_model and info.embedding_model != app.settings.embedding.model):
+            st.warning(md_literal(mismatch[0].upper() + mismatch[1:]), icon=":material/warning:")
         if info.embedding_model and info.embedding_model != app.settings.embedding.model:
             st.warning(md_literal(
                 f"{name} was built with the embedding model {info.embedding_model}; this page uses "
@@ -642,7 +675,10 @@ def create_kb(app) -> None:
         ss.manage_kb = name
         return
     try:
-        app.kb(name, create=True)
+        options = validated(app.settings, chunk_size=ss.get("new_kb_chunk_size"),
+                            chunk_overlap=ss.get("new_kb_chunk_overlap"),
+                            embedding_model=ss.get("new_kb_embedding_model"))
+        create_with_options(app, name, options)
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
         ss.kb_error = f"Creating '{name}' failed: {error_text(exc)}"
         return
@@ -650,6 +686,10 @@ def create_kb(app) -> None:
     if name not in ss.ask_kbs:
         ss.ask_kbs = [*ss.ask_kbs, name]
     ss.notice = f"Created knowledge base '{name}'."
+    if options.embedding_model != app.settings.embedding.model:
+        ss.kb_error = (f"'{name}' was created for the embedding model {options.embedding_model}, but this page "
+                       f"runs {app.settings.embedding.model}: start the page with "
+                       f"KB_QA_EMBEDDING__MODEL={options.embedding_model} to add documents to it or ask it.")
 
 
 def remove_document(app, name: str, source: str) -> None:
@@ -702,6 +742,8 @@ VIEWS = {"chat": ("Chat", ":material/chat:"), "kbs": ("Knowledge bases", ":mater
 
 
 def main() -> None:
+    st.set_page_config(page_title="kb_qa · knowledge-base QA", layout="wide")  # no page_icon: a material/emoji
+    # favicon is fetched from a CDN (fonts.gstatic.com); the page makes no request beyond its own server
     app, store = shared_app(), shared_store()
     init_session(app, store)
     models = sidebar(app, store)
@@ -722,4 +764,8 @@ def main() -> None:
     model_state(app, models)  # last: it waits for the language model to load, which the page need not do
 
 
-main()
+# Streamlit runs this file as "__main__". The parser's worker process (kb_qa.ingest.worker, started with spawn)
+# re-imports the parent's __main__ file as "__mp_main__" before it serves: without this guard it would draw the whole
+# page there, load the models a second time and hold the first upload until the parse time limit.
+if __name__ == "__main__":
+    main()

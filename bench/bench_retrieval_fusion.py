@@ -5,7 +5,10 @@
 
 For each question the dense and keyword candidate lists (retrieval.candidates each) are collected once, with the
 exact similarities the product computes; then every rule ranks the union, passages are deduplicated by document,
-and hit@1/5/10 and MRR@10 are reported per rule and set.
+and hit@1/5/10 and MRR@10 are reported per rule and set. Then refusal with the default settings: every other set's
+questions are asked against each set's KB (`refused_off_topic`: no passage reaches retrieval.score_threshold) and
+each set's own questions (`refused_answerable`), by the product's calibrated probability (unknown-term share
+included) and, for comparison, by the ranking model alone (`no U`). `--limit N`: the first N questions per set.
 `calibrated` is the product's rule (kb_qa.retrieval.calibration), `mixture` the previous default;
 the others are the usual alternatives (RRF k=60, Qdrant's DBSF, z-score sum, min-max sum), the mixture without
 weights or weighted by peak share, ranking by the product's score itself, and (for comparison only) the mixture at
@@ -23,18 +26,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def collect(app, bench, kb_name, names):
-    """Per question: (gold ids, dense [(cid, cos)], keyword [(cid, bm25)], dense_sim, keyword_sim, pool, doc of cid)."""
+def collect(app, bench, kb_name, names, queries=None):
+    """Per question: (gold ids, dense [(cid, cos)], keyword [(cid, bm25 share)], dense_sim, keyword_sim, pool,
+    unknown-term share U), and the doc of each cid. `queries`: other questions (off-topic: no gold ids)."""
+    from kb_qa.retrieval.calibration import unknown_share
     from kb_qa.retrieval.dense import cosines, dense_candidates
     from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
 
     kb = app.kb(kb_name)
     n = app.settings.retrieval.candidates
     emb = app.embeddings
-    vectors = emb.encode_queries([text for _, text in bench.queries])
+    asked = bench.queries if queries is None else queries
+    vectors = emb.encode_queries([text for _, text in asked])
     rows = []
     doc_of: dict[int, str] = {}
-    for (qid, text), qvec in zip(bench.queries, vectors, strict=True):
+    for (qid, text), qvec in zip(asked, vectors, strict=True):
         dense = dense_candidates(kb, qvec, n)
         stats = TermStats(kb, query_terms(text))
         keyword = keyword_candidates(kb, text, n)
@@ -44,8 +50,9 @@ def collect(app, bench, kb_name, names):
             doc_of[cid] = names.get(rec.sources[0]) if rec.sources else None
         upper = stats.bm25_upper() or 1.0
         keyword = [(c, s / upper) for c, s in keyword]  # BM25 as a share of the question's bound (monotone)
-        rows.append((bench.qrels[qid], dense, keyword, cosines(kb, qvec, ids),
-                     keyword_similarities(kb, text, ids, stats), min(n, stats.n_docs)))
+        rows.append((bench.qrels[qid] if queries is None else set(), dense, keyword, cosines(kb, qvec, ids),
+                     keyword_similarities(kb, text, ids, stats), min(n, stats.n_docs),
+                     unknown_share(stats.idf, stats.df)))
     return rows, doc_of
 
 
@@ -191,7 +198,7 @@ RULES = {name[5:]: fn for name, fn in globals().items() if name.startswith("rule
 def score(rows, doc_of, rule):
     h = {1: 0, 5: 0, 10: 0}
     rr = 0.0
-    for gold, d, k, ds, ks, pool in rows:
+    for gold, d, k, ds, ks, pool, _u in rows:
         docs: list[str] = []
         for cid in rule(d, k, ds, ks, pool):
             doc = doc_of.get(cid)
@@ -208,6 +215,21 @@ def score(rows, doc_of, rule):
     return h[1] / n, h[5] / n, h[10] / n, rr / n
 
 
+def refused(rows, cal, threshold: float, with_unknown: bool = True) -> float:
+    """Share of questions whose best candidate's calibrated probability is under `threshold` (the product's
+    no-answer rule: retriever._select keeps nothing)."""
+    from kb_qa.retrieval.fusion import fuse_calibrated
+
+    out = 0
+    for _gold, d, k, ds, ks, _pool, u in rows:
+        hits = fuse_calibrated(d, k, ds, ks, dict(k), lambda key: cal, (lambda key, u=u: u) if with_unknown else None)
+        out += not hits or hits[0].score < threshold
+    return out / max(len(rows), 1)
+
+
+SHOWN = ("dense", "keyword", "mixture", "calibrated", "rrf")  # parts, the old default, the new rule, textbook RRF
+
+
 def main(argv=None) -> int:
     import os
     import tempfile
@@ -216,6 +238,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("benches", nargs="+")
     p.add_argument("--kb-dir", help="keep the KBs here (re-runs embed nothing)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each set")
+    p.add_argument("--all-rules", action="store_true", help="every rule, not only the parts, old and new")
     args = p.parse_args(argv)
     from kb_qa.app import App
     from kb_qa.eval import ingest_bench, load_bench
@@ -223,8 +247,12 @@ def main(argv=None) -> int:
 
     root = Path(args.kb_dir or tempfile.mkdtemp(prefix="kbqa-fusion-"))
     results = {}
-    for folder in args.benches:
-        bench = load_bench(folder)
+    refusals = []
+    benches = [load_bench(folder) for folder in args.benches]
+    if args.limit:
+        for b in benches:
+            b.queries = b.queries[:args.limit]
+    for bench in benches:
         sub = root / bench.name
         app = App(load_settings(overrides={"paths": {"knowledge_base_root": str(sub / "documents"),
                                                      "vector_store_root": str(sub / "vector_store")}}))
@@ -238,12 +266,25 @@ def main(argv=None) -> int:
         print(f"{bench.name}: calibration {cal.summary()}", file=sys.stderr)
         print(f"{bench.name}: {len(rows)} questions collected in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         results[bench.name] = {name: score(rows, doc_of, fn) for name, fn in RULES.items()}
+        threshold = app.settings.retrieval.score_threshold
+        own = (refused(rows, cal, threshold), refused(rows, cal, threshold, False))
+        for other in benches:
+            if other is not bench:
+                off, _ = collect(app, bench, kb_name, names, other.queries)
+                refusals.append((bench.name, other.name, refused(off, cal, threshold),
+                                 refused(off, cal, threshold, False), *own))
     sets = list(results)
     print("| rule | " + " | ".join(f"{s} hit@1 / hit@5 / hit@10 / MRR@10" for s in sets) + " |")
     print("|---|" + "---|" * len(sets))
-    for name in RULES:
+    for name in (RULES if args.all_rules else SHOWN):
         cells = [" / ".join(f"{v:.3f}" for v in results[s][name]) for s in sets]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    print(f"refusal at retrieval.score_threshold = {threshold}:")
+    print("| KB (answerable) | off-topic questions | refused_off_topic | (no U) | refused_answerable | (no U) |")
+    print("|---|---|---|---|---|---|")
+    for kb_set, off_set, off, off_plain, own_u, own_plain in refusals:
+        print(f"| {kb_set} | {off_set} | {off:.3f} | {off_plain:.3f} | {own_u:.3f} | {own_plain:.3f} |")
     return 0
 
 

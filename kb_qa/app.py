@@ -45,6 +45,7 @@ from typing import Any
 from kb_qa.documents import IngestInterrupted, RemoveReport, add_uploads, ingest, remove_documents
 from kb_qa.errors import UnavailableError
 from kb_qa.llm.slot import LLMSlot, LLMStatus
+from kb_qa.schema import History
 from kb_qa.settings import Settings, load_settings
 from kb_qa.store import KnowledgeBase
 from kb_qa.store.backends import delete_knowledge_base, open_knowledge_base
@@ -52,8 +53,6 @@ from kb_qa.store.backends import delete_knowledge_base, open_knowledge_base
 log = logging.getLogger(__name__)
 
 __all__ = ["App", "IngestInterrupted", "LLMStatus", "RemoveReport"]
-
-History = Sequence[tuple[str, str]]
 
 
 class App:

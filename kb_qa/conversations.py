@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kb_qa.schema import source_label
+
 _OWNER = re.compile(r"[^\w.-]+", re.UNICODE)
 _ID = re.compile(r"^[0-9a-f]{8,32}$")
 
@@ -61,12 +63,7 @@ class SourceRecord:
         return cls(**values)
 
     def label(self) -> str:
-        where = self.source
-        if self.page is not None:
-            where += f" p.{self.page}"
-        if self.heading:
-            where += f" § {self.heading}"
-        return where
+        return source_label(self.source, self.page, self.heading)
 
 
 @dataclass

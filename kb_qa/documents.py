@@ -1,8 +1,9 @@
 """The document use cases behind `App`: ingest, add uploads, remove documents. One behaviour for every front end.
 
-- ingest: the pipeline (kb_qa.ingest.pipeline) with the app's embedder; Ctrl-C stops it between files and raises
-  `IngestInterrupted`, which names what was committed (batches commit atomically: the one in progress is rolled
-  back, everything reported before it is stored).
+- ingest: the pipeline (kb_qa.ingest.pipeline) with the app's embedder and the KB's own chunk sizes when it was
+  created with options (kb_qa.kb_options; a KB made for another embedding model is refused); Ctrl-C stops it
+  between files and raises `IngestInterrupted`, which names what was committed (batches commit atomically: the
+  one in progress is rolled back, everything reported before it is stored).
 - add_uploads: each (file name, bytes) is sanitised and saved atomically into knowledge_base/<kb>/
   (kb_qa.ingest.uploads), then ingested; a rejected upload is a `failed` outcome with its reason.
 - remove_documents: every path is validated before anything changes (a bad path removes nothing); the records go
@@ -43,8 +44,10 @@ class RemoveReport:
 def ingest(app, name: str | None, paths, *, prune: bool = False, rebuild: bool = False, progress: bool = False,
            lock_timeout_s: float = 10.0, on_file=None):
     from kb_qa.ingest.pipeline import ingest as run_pipeline
+    from kb_qa.kb_options import check_model, ingest_settings_for
 
     kb = app.kb(name, create=True)
+    check_model(kb, app.settings.embedding.model)  # a KB made for another model: refused before any work
     seen: list = []
 
     def record(outcome) -> None:
@@ -53,7 +56,7 @@ def ingest(app, name: str | None, paths, *, prune: bool = False, rebuild: bool =
             on_file(outcome)
 
     try:
-        return run_pipeline(kb, paths, app.settings.ingest, lambda: app.embeddings,
+        return run_pipeline(kb, paths, ingest_settings_for(kb, app.settings.ingest), lambda: app.embeddings,
                             embedding_model=app.settings.embedding.model, prune=prune, rebuild=rebuild,
                             progress=progress, lock_timeout_s=lock_timeout_s, on_file=record)
     except KeyboardInterrupt as exc:
@@ -100,11 +103,26 @@ def remove_documents(app, name: str, sources: Sequence[str], *, delete_files: bo
         writer.commit()
     if delete_files:
         folder = (app.docs_root / kb.name).resolve()
+        undeletable: list[tuple[Path, OSError]] = []
         for path in report.removed:
             target = _file_inside(folder, origins.get(path))
             if target is not None:
-                target.unlink()
-                report.deleted_files.append(str(target))
+                try:
+                    target.unlink()
+                    report.deleted_files.append(str(target))
+                except FileNotFoundError:
+                    pass  # gone already: nothing to bring it back
+                except OSError as exc:
+                    undeletable.append((target, exc))
+        if undeletable:
+            from kb_qa.errors import StorageError
+
+            first, failure = undeletable[0]
+            more = f" (and {len(undeletable) - 1} more)" if len(undeletable) > 1 else ""
+            raise StorageError(
+                f"knowledge base {kb.name!r}: {len(report.removed)} document(s) were removed from the knowledge "
+                f"base, but deleting the file {first}{more} failed: {failure.strerror or failure}. Delete it by "
+                f"hand, or a re-ingest of {folder} brings it back")
     return report
 
 

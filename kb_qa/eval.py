@@ -170,10 +170,10 @@ def _tokenizer_for(settings):
     if not settings.llm.model_path:
         return None
     try:
-        from kb_qa.llm.loader import resolve_model_path
+        from kb_qa.llm.loader import resolve_checkpoint_path
         from kb_qa.llm.tokenizer import TOKENIZER_FILE, ChatGLM2Tokenizer
 
-        folder = resolve_model_path(settings.llm.model_path)
+        folder = resolve_checkpoint_path(settings.llm.model_path)
         if folder is not None and (Path(folder) / TOKENIZER_FILE).is_file():
             return ChatGLM2Tokenizer.from_folder(folder)
     except Exception:  # noqa: BLE001 - the estimate is the documented fallback

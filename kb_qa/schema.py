@@ -50,12 +50,17 @@ class Source:
     keyword_score: float | None = None  # BM25 mapped to [0, 1], when the keyword side found it
 
     def label(self) -> str:
-        where = self.source
-        if self.page is not None:
-            where += f" p.{self.page}"
-        if self.heading:
-            where += f" § {self.heading}"
-        return where
+        return source_label(self.source, self.page, self.heading)
+
+
+def source_label(source: str, page: int | None = None, heading: str | None = None) -> str:
+    """How answers cite a passage: its document path, then " p.<page>" and " § <heading>" where known."""
+    where = source
+    if page is not None:
+        where += f" p.{page}"
+    if heading:
+        where += f" § {heading}"
+    return where
 
 
 @dataclass
@@ -68,3 +73,27 @@ class Answer:
     mode: str = "llm"  # 'llm' | 'retrieval-only' | 'no-answer' | 'chat'
     query: str = ""  # the standalone query actually used for retrieval
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class AnswerChunk:
+    """A piece of a streamed answer (`QAChain.stream`, LangChain-style): `text` is the new text; the last chunk
+    has no text and carries the complete `answer`. Chunks add up (`a + b`), as LangChain's streaming expects:
+    the sum of a whole stream has the answer's full `text` and its `answer` (sources, mode, timings)."""
+
+    text: str = ""
+    answer: Answer | None = None
+
+    def __add__(self, other: AnswerChunk) -> AnswerChunk:
+        if not isinstance(other, AnswerChunk):
+            return NotImplemented
+        return AnswerChunk(self.text + other.text, other.answer or self.answer)
+
+    @property
+    def sources(self) -> list[Source]:
+        """The answer's sources once the final chunk is in (or summed in), else []."""
+        return self.answer.sources if self.answer is not None else []
+
+    @property
+    def mode(self) -> str:
+        return self.answer.mode if self.answer is not None else ""

@@ -98,6 +98,10 @@ class IngestSettings(Section):
     )
     ocr_threads: int = Field(2, ge=1, le=64, description="CPU threads for OCR (onnxruntime intra-op).")
     ocr_max_pages: int = Field(100, ge=1, description="Pages OCR'd per file; later pages are skipped.")
+    ocr_max_images: int = Field(
+        50, ge=0, description="Pictures inside one DOCX/PPTX OCR'd (auto: only those of 200x100 px or more); "
+        "later ones are skipped."
+    )
     pdf_backend: Literal["pypdf", "pymupdf"] = Field(
         "pypdf", description="PDF text extraction; pymupdf (AGPL-3.0) is an opt-in extra, not installed by default."
     )
@@ -246,7 +250,11 @@ class APISettings(Section):
     api_key: str | None = Field(None, description="If set, every endpoint but /health requires 'Bearer <key>'.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; empty = CORS off.")
     max_request_mb: float = Field(64.0, gt=0, description="Largest request body accepted (MiB).")
-    max_queue: int = Field(16, ge=1, description="Generation requests allowed to wait; beyond it, 503.")
+    max_queue: int = Field(16, ge=1, description="Generation requests allowed to wait; beyond it, 429 with "
+                           "Retry-After (503 when a wait times out).")
+    sources_block: bool = Field(False, description="Append a Markdown 'Sources' block to every knowledge-base answer "
+                                "of /v1/chat/completions, for clients that drop the extra `sources` field "
+                                "(langchain-openai, Open WebUI); a request's `include_sources` overrides it.")
 
 
 class Settings(BaseSettings):

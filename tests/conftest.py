@@ -19,6 +19,7 @@ Shared test doubles: `FakeEmbeddings` (deterministic, hashed words -> unit vecto
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import os
 import re
@@ -134,7 +135,10 @@ class FakeEmbeddings:
         return self.encode([text])[0].tolist()
 
 
-def _echo_llm_class():
+@functools.cache
+def echo_llm_class():
+    """The EchoLLM class (built on first use, so importing conftest does not import LangChain); test modules that
+    need the class itself: `from conftest import echo_llm_class; EchoLLM = echo_llm_class()`."""
     from langchain_core.language_models.llms import LLM
     from langchain_core.outputs import GenerationChunk
     from pydantic import Field
@@ -169,7 +173,7 @@ def fake_embedder() -> FakeEmbeddings:
 @pytest.fixture
 def echo_llm():
     """A fresh EchoLLM (LangChain LLM); set `.reply` for a fixed answer, read `.calls` for the prompts."""
-    return _echo_llm_class()()
+    return echo_llm_class()()
 
 
 # -- real components ----------------------------------------------------------------------------------------------

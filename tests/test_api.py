@@ -590,3 +590,109 @@ def test_api_generates_under_the_apps_one_lock(settings, embedder):
         assert not done.wait(0.5) and llm.calls == 0
     worker.join(10)
     assert done.is_set() and llm.calls == 1
+
+
+# -- the wire-format bullets that the live tests do not reach ---------------------------------------------
+def test_every_unsupported_parameter_is_a_400_naming_it_and_the_harmless_forms_pass(kb_client):
+    user = [{"role": "user", "content": "How long do cats sleep?"}]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    refused = [({"n": 3}, "n"), ({"tools": [tool]}, "tools"), ({"functions": [tool["function"]]}, "functions"),
+               ({"tool_choice": "required"}, "tool_choice"),
+               ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+               ({"response_format": {"type": "json_object"}}, "response_format"),
+               ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+                "response_format"),
+               ({"logprobs": True}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs")]
+    for extra, param in refused:
+        for stream in (False, True):  # a stream is refused before its status line, as JSON
+            r = kb_client.post("/v1/chat/completions",
+                               json={"model": "kb:kb", "messages": user, "stream": stream, **extra})
+            assert r.status_code == 400 and r.headers["content-type"] == "application/json", (extra, r.text)
+            error = r.json()["error"]
+            assert error["param"] == param and error["code"] == "unsupported_parameter", (extra, error)
+            assert param in error["message"] or "not supported" in error["message"], error
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]
+    r = kb_client.post("/v1/chat/completions", json={"model": "kb:kb", "messages": image})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[1]"
+    assert "image_url" in r.json()["error"]["message"]
+    harmless = [{"n": 1}, {"tools": []}, {"tool_choice": "none"}, {"tool_choice": "auto"},
+                {"response_format": {"type": "text"}}, {"logprobs": False}, {"top_logprobs": 0}]
+    for extra in harmless:
+        r = kb_client.post("/v1/chat/completions", json={"model": "kb:kb", "messages": user, **extra})
+        assert r.status_code == 200 and r.json()["sources"][0]["source"] == "cats.md", (extra, r.text)
+
+
+def test_sources_block_on_request_or_by_setting_streamed_or_not(kb_client):
+    body = {"model": "kb:kb", "messages": [{"role": "user", "content": "How long do cats sleep?"}]}
+
+    def text_of(client, **extra):
+        plain = client.post("/v1/chat/completions", json={**body, **extra}).json()
+        events = sse_events(client.post("/v1/chat/completions", json={**body, **extra, "stream": True}).text)
+        streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+        assert plain["sources"][0]["source"] == "cats.md"  # the extra field is there either way
+        return plain["choices"][0]["message"]["content"], streamed
+
+    plain, streamed = text_of(kb_client)
+    assert "**Sources**" not in plain and "**Sources**" not in streamed
+    plain, streamed = text_of(kb_client, include_sources=True)
+    assert plain == streamed
+    answer, block = plain.rsplit("\n\n**Sources**\n\n", 1)  # after the answer, numbered as it cites them
+    assert "fifteen hours" in answer and "[1] kb: cats.md" in answer
+    lines = block.splitlines()
+    assert lines[0] == "1. kb: cats.md § Cats" and [line.split(".")[0] for line in lines] == \
+        [str(n) for n in range(1, len(lines) + 1)]
+    app = kb_client.app.state.ctx.app
+    app.settings.api.sources_block = True  # for clients that cannot send an extra field (Open WebUI)
+    try:
+        by_setting, _ = text_of(kb_client)
+        assert by_setting == plain
+        opted_out, _ = text_of(kb_client, include_sources=False)
+        assert "**Sources**" not in opted_out
+    finally:
+        app.settings.api.sources_block = False
+
+
+def test_system_message_reaches_plain_chat(kb_client):
+    rec = RecordingHandle()
+    client = with_llm(kb_client, rec)
+    r = client.post("/v1/chat/completions", json={"model": "rec", "messages": [
+        {"role": "system", "content": "Answer like a pirate."}, {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    assert rec.questions[-1] == "Answer like a pirate.\n\nBe brief.\n\nhi"
+
+
+def test_a_wait_that_times_out_is_503_with_retry_after(settings, embedder):
+    from kb_qa.app import App
+
+    c = make_client(App(settings, embeddings=embedder, llm=SlowLLM()), wait_timeout_s=0.2)
+    gate = c.app.state.ctx.gate("m")
+    assert gate.try_acquire()  # the model is busy for longer than a request may wait
+    try:
+        for stream in (False, True):
+            r = c.post("/v1/chat/completions", json={"model": "m", "stream": stream,
+                                                     "messages": [{"role": "user", "content": "q"}]})
+            assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
+            error = r.json()["error"]
+            assert error["code"] == "server_busy" and error["type"] == "server_error" and "waited" in error["message"]
+    finally:
+        gate.release()
+    assert c.post("/v1/chat/completions", json={"model": "m", "messages": [
+        {"role": "user", "content": "q"}]}).status_code == 200
+
+
+def test_embeddings_dimensions_and_inputs(kb_client):
+    def post(**body):
+        return kb_client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", **body})
+
+    assert len(post(input="cats", dimensions=384).json()["data"][0]["embedding"]) == 384
+    r = post(input="cats", dimensions=256)  # never a silent 200 with other-sized vectors
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions" and "384" in r.json()["error"]["message"]
+    r = post(input=["a", "b", "c"])
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["usage"]["prompt_tokens"] >= 3 * 3
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] and body["model"] == "all-MiniLM-L6-v2"
+    assert kb_client.post("/v1/embeddings", json={"model": "kb:kb", "input": "x"}).status_code == 200
+    assert kb_client.post("/v1/embeddings", json={"model": "kb:nope", "input": "x"}).status_code == 404
+    assert post(input=[]).status_code == 400

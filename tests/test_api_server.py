@@ -277,6 +277,24 @@ def test_sources_block_and_system_in_kb_mode(client):
     assert "**Sources**" in answer.choices[0].message.content and "paris.txt" in answer.choices[0].message.content
 
 
+def test_knowledge_base_answers_have_usage_length_and_the_system_text_in_their_prompt(client, live):
+    question = [{"role": "user", "content": "When was the Eiffel tower finished?"}]
+    kwargs = {"model": "kb:docs", "temperature": 0, "max_tokens": 2}
+    full = client.chat.completions.create(messages=question, **kwargs)
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 2
+    tokenizer = live[1].state.ctx.engine.llm().tokenizer
+    bare = tokenizer.count_tokens(f"[Round 1]\n\n问：{question[0]['content']}\n\n答：")
+    assert full.usage.prompt_tokens > bare + 20  # the passages and the template are in the counted prompt
+    assert full.usage.total_tokens == full.usage.prompt_tokens + 2
+    chunks = list(client.chat.completions.create(messages=question, stream=True,
+                                                 stream_options={"include_usage": True}, **kwargs))
+    assert chunks[-1].usage.model_dump() == full.usage.model_dump() and chunks[-2].choices[0].finish_reason == "length"
+    system = [{"role": "system", "content": "Answer in one word."}]
+    with_system = client.chat.completions.create(messages=system + question, **kwargs)
+    assert with_system.model_extra["sources"] == full.model_extra["sources"]  # not part of the retrieval query
+    assert with_system.usage.prompt_tokens > full.usage.prompt_tokens  # but in front of the model's turn
+
+
 def test_embeddings_equal_the_knowledge_base_vectors(client, live, embedder):  # noqa: F811
     import numpy as np
 
@@ -290,6 +308,13 @@ def test_embeddings_equal_the_knowledge_base_vectors(client, live, embedder):  #
         assert got.shape == own.shape == (2, 384)
         cos = (got * own).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(own, axis=1)
         assert np.allclose(cos, 1.0, atol=1e-5)
+    kb = live[1].state.ctx.app.kb("docs")  # the vectors the knowledge base itself stored for its chunks
+    ids = kb.chunk_ids()
+    chunks, stored = kb.get_chunks(ids), kb.chunk_vectors(ids)
+    served = client.embeddings.create(model="kb:docs", input=[chunks[i].text for i in ids], encoding_format="float")
+    got = np.array([d.embedding for d in served.data], dtype=np.float32)
+    want = np.stack([stored[i] for i in ids]).astype(np.float32)
+    assert got.shape == want.shape and np.allclose((got * want).sum(1), 1.0, atol=1e-4)
     one = client.embeddings.create(model="all-MiniLM-L6-v2", input="hello", encoding_format="float")
     assert len(one.data) == 1 and len(one.data[0].embedding) == 384
     with pytest.raises(openai.NotFoundError):
@@ -323,6 +348,10 @@ def test_langchain_openai_clients(live, embedder):  # noqa: F811
     assert isinstance(reply.content, str) and reply.usage_metadata["output_tokens"] == 5
     assert reply.response_metadata["finish_reason"] == "length"
     assert "".join(c.content for c in chat.stream("你好")) == reply.content
+    kb_chat = lc.ChatOpenAI(model="kb:docs", base_url=live[0] + "/v1", api_key=KEY, temperature=0, max_tokens=4,
+                            max_retries=0, extra_body={"include_sources": True})
+    cited = kb_chat.invoke("When was the Eiffel tower finished?").content  # langchain drops the `sources` field
+    assert "\n\n**Sources**\n\n1. docs: paris.txt" in cited
     emb = lc.OpenAIEmbeddings(model="all-MiniLM-L6-v2", base_url=live[0] + "/v1", api_key=KEY,
                               check_embedding_ctx_length=False)  # strings, not tiktoken ids (and no download)
     vectors = np.array(emb.embed_documents(["Cats sleep a lot.", "Paris"]))

@@ -10,9 +10,11 @@ from kb_qa.retrieval.calibration import (
     _Question,
     calibration_for,
     fit,
+    fit_refusal,
     prior,
     pseudo_question,
     sentences,
+    unknown_share,
 )
 from kb_qa.retrieval.fusion import fuse_calibrated
 from kb_qa.store.terms import search_terms
@@ -74,3 +76,38 @@ def test_calibration_is_measured_once_and_stored(app, tmp_path):
     assert cal.questions >= 3 and cal.generation == kb.info().generation
     stored = Calibration.from_json(kb.get_meta(META_KEY))
     assert stored is not None and stored.weights == cal.weights
+
+
+def test_unknown_share_weighs_terms_the_kb_lacks_by_idf():
+    idf = {"沪通": 6.0, "铁路": 2.0, "时候": 1.0}
+    df = {"沪通": 0, "铁路": 5, "时候": 9}
+    assert unknown_share(idf, df) == 6.0 / 9.0
+    assert unknown_share(idf, df, {"铁路"}) == 8.0 / 9.0  # treated as missing (a document left out)
+    assert unknown_share({}, {}) == 0.0 and unknown_share(idf, {"沪通": 1, "铁路": 5, "时候": 9}) == 0.0
+
+
+def _refusal_questions(rng, n, u_answerable, u_unanswerable):
+    """`_questions` with each question's unknown-term share drawn from the given (low, high) ranges."""
+    out = []
+    for q in _questions(rng, n, useful=3, noise=1):
+        q.unknown_answerable = float(rng.uniform(*u_answerable))
+        q.unknown_unanswerable = float(rng.uniform(*u_unanswerable))
+        out.append(q)
+    return out
+
+
+def test_refusal_weight_grows_with_what_unknown_terms_tell_and_keeps_the_order():
+    rng = np.random.default_rng(1)
+    informative = fit(_refusal_questions(rng, 150, (0.0, 0.1), (0.5, 0.9)))  # no answer <=> many unknown terms
+    blind = fit(_refusal_questions(rng, 150, (0.0, 0.5), (0.0, 0.5)))  # the same unknown share either way
+    assert informative.refusal["unknown"] > 1.0 > blind.refusal["unknown"] >= 0.0
+    assert informative.refusal["bias"] == 0.0 and informative.refusal["scale"] == 1.0
+    p_known = informative.probability(0.2, 0.6, 0.6, unknown=0.0)
+    p_unknown = informative.probability(0.2, 0.6, 0.6, unknown=0.8)
+    assert p_unknown < p_known
+    # one value per question: the order of its candidates is unchanged
+    a, b = informative.probability(0.2, 0.9, 0.9, 0.8), informative.probability(0.2, 0.3, 0.3, 0.8)
+    assert a > b and informative.probability(0.2, 0.9, 0.9, 0.0) > informative.probability(0.2, 0.3, 0.3, 0.0)
+    assert fit_refusal([], np.zeros(4)) == {"bias": 0.0, "scale": 1.0, "unknown": 0.0}
+    again = Calibration.from_json(informative.to_json())
+    assert again is not None and again.refusal == informative.refusal

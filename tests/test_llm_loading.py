@@ -23,7 +23,7 @@ from kb_qa.llm.loader import (
     estimate_for,
     load_chatglm2,
     pick_dtype,
-    resolve_model_path,
+    resolve_checkpoint_path,
 )
 from kb_qa.settings import LLMSettings
 
@@ -80,8 +80,8 @@ def test_repo_id_from_the_local_hf_cache(tmp_path, tiny_tokenizer_model, monkeyp
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert resolve_model_path("THUDM/tiny-chatglm2") == repo / "snapshots" / commit
-    assert resolve_model_path("THUDM/other") is None
+    assert resolve_checkpoint_path("THUDM/tiny-chatglm2") == repo / "snapshots" / commit
+    assert resolve_checkpoint_path("THUDM/other") is None
     handle = load_llm(LLMSettings(model_path="THUDM/tiny-chatglm2", device="cpu"))
     assert handle is not None and handle.describe() == "ChatGLM2 on cpu fp32"
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import sentencepiece as spm
 
-from kb_qa.llm.loader import resolve_model_path
+from kb_qa.llm.loader import resolve_checkpoint_path
 from kb_qa.llm.text import IncrementalDecoder, ResponseAssembler, apply_stop, process_response
 from kb_qa.llm.tokenizer import ChatGLM2Tokenizer, build_chat_prompt
 
@@ -92,7 +92,7 @@ def test_batch_is_left_padded_with_positions_from_zero(tok):
 def test_real_chatglm2_reference_ids():
     """A full THUDM/chatglm2-6b folder (KB_QA_CHATGLM2_PATH or the HF cache) loads the same tokenizer; the shared
     tokenizer.model alone is tested in test_llm_real_tokenizer.py."""
-    folder = resolve_model_path(os.environ.get("KB_QA_CHATGLM2_PATH", "THUDM/chatglm2-6b"))
+    folder = resolve_checkpoint_path(os.environ.get("KB_QA_CHATGLM2_PATH", "THUDM/chatglm2-6b"))
     if folder is None or not (folder / "tokenizer.model").is_file():
         pytest.skip("no chatglm2-6b checkpoint folder locally (KB_QA_CHATGLM2_PATH or the HF cache)")
     tok = ChatGLM2Tokenizer.from_folder(folder)

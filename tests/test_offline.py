@@ -143,3 +143,29 @@ def test_ingest_and_ask_with_the_openvino_backend_attempt_nothing(app, netguard,
     result = answer(app, "When was the Eiffel Tower finished?", kbs="offline")
     assert result.mode == "retrieval-only" and result.sources[0].source == "paris.md"
     assert netguard.take_attempts() == []
+
+
+def test_eval_and_the_api_with_the_openvino_backend_attempt_nothing(app, netguard, tmp_path):
+    """The eval (BEIR folder -> KB -> every retrieval mode) and the HTTP API (upload, search, ask) on the default
+    OpenVINO backend, each followed by an explicit check of the guard's log (the page: tests/test_webui.py runs
+    webui.py in this process under the same autouse guard)."""
+    from fastapi.testclient import TestClient
+    from test_eval import make_bench
+
+    from kb_qa.api import create_app
+    from kb_qa.eval import evaluate, ingest_bench, load_bench
+
+    assert app.embeddings.backend == "openvino"
+    bench = load_bench(make_bench(tmp_path / "bench"))
+    report, names = ingest_bench(app, bench, "evalkb", tmp_path / "evaldocs")
+    assert not report.failed
+    assert evaluate(app, bench, "evalkb", names)["modes"]["fused"]["questions"] == 6
+    assert netguard.take_attempts() == []
+
+    client = TestClient(create_app(app, preload=False), raise_server_exceptions=False)
+    upload = client.post("/knowledge_bases/api/documents",
+                         files=[("files", ("paris.md", b"The Eiffel Tower stands in Paris, finished in 1889."))])
+    assert upload.status_code == 200, upload.text
+    found = client.post("/knowledge_bases/api/search", json={"query": "When was the Eiffel Tower finished?"})
+    assert found.status_code == 200 and found.json()["results"], found.text
+    assert netguard.take_attempts() == []

@@ -7,12 +7,10 @@ from __future__ import annotations
 import io
 import json
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from langchain_core.language_models.llms import LLM
-from langchain_core.outputs import GenerationChunk
-from pydantic import Field, ValidationError
+from conftest import echo_llm_class
+from pydantic import ValidationError
 
 from kb_qa.qa.chain import QAChain, answer, apply_overrides, stream_answer
 from kb_qa.qa.prompts import fill, load_prompts
@@ -29,28 +27,11 @@ DOCS = {
 }
 
 
-class EchoLLM(LLM):
-    """Streams back a fixed reply (or the prompt it got), a few characters at a time; records every call."""
-
-    reply: str | None = None
-    calls: list = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "echo"
-
-    def _call(self, prompt: str, stop=None, run_manager=None, **kwargs: Any) -> str:
-        self.calls.append((prompt, kwargs))
-        return self.reply if self.reply is not None else prompt
-
-    def _stream(self, prompt: str, stop=None, run_manager=None, **kwargs: Any):
-        text = self._call(prompt, stop, run_manager, **kwargs)
-        for i in range(0, len(text), 7):
-            yield GenerationChunk(text=text[i:i + 7])
+EchoLLM = echo_llm_class()  # the shared double: streams back a fixed reply or its prompt, records calls
 
 
-@pytest.fixture
-def kb_app(app, tmp_path):
+def with_docs(app, tmp_path):
+    """`app` with DOCS ingested as knowledge base 'kb', made the default."""
     folder = tmp_path / "docs"
     folder.mkdir()
     for name, text in DOCS.items():
@@ -58,6 +39,11 @@ def kb_app(app, tmp_path):
     app.settings.default_kb = "kb"
     assert not app.ingest("kb", [folder]).failed
     return app
+
+
+@pytest.fixture
+def kb_app(app, tmp_path):
+    return with_docs(app, tmp_path)
 
 
 @pytest.fixture

@@ -212,15 +212,19 @@ def test_doctor_finds_and_repairs_what_the_records_allow(tmp_path):
 
 @pytest.mark.slow
 def test_soak_kill_short(tmp_path):
-    """bench/soak_kill.py in short: a few random SIGKILL/SIGINT points (each kill costs a worker's imports, about
-    3-10 s here, so the suite keeps it to 3; the bench runs 200)."""
+    """bench/soak_kill.py in short: 30 random SIGKILL/SIGINT points across create, ingest, rebuild, prune and
+    remove (forked workers with the imports done once: ~10-30 s; the bench runs 200)."""
+    import re
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "soak_kill.py"
-    proc = subprocess.run([sys.executable, str(script), "--kills", "3", "--files", "60", "--seed", "1"],
+    proc = subprocess.run([sys.executable, str(script), "--kills", "30", "--files", "100", "--seed", "1"],
                           capture_output=True, text=True, timeout=300, check=False,
                           env=dict(os.environ, TMPDIR=str(tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "check_failed 0" in proc.stdout and "resumed == clean: True" in proc.stdout
+    counts = {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", proc.stdout.rsplit("):", 1)[-1])}
+    assert counts["sigkill"] + counts["sigint"] == 30
+    assert 30 - counts["finished_before_kill"] >= 10, proc.stdout  # most kills land inside a running operation

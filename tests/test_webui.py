@@ -483,3 +483,43 @@ def test_hostile_document_is_rendered_inert(page_env):
     source = WEBUI.read_text(encoding="utf-8")
     assert "unsafe_allow_html" not in source.replace("no unsafe_allow_html", "")
     assert "st.html" not in source and "components.v1" not in source
+
+
+def test_kb_creation_options_are_recorded_and_a_model_mismatch_is_explained(page_env):
+    from kb_qa.kb_options import KbOptions, read_options
+    from kb_qa.store import KnowledgeBase
+
+    def create(name, **fields):
+        view(at, KBS)
+        at.text_input(key="new_kb_name").input(name)
+        for key, value in fields.items():
+            widget = at.text_input(key=key) if key == "new_kb_embedding_model" else at.number_input(key=key)
+            widget.set_value(value)
+        return checked(button(at, "Create").click().run())
+
+    def recorded(name):
+        kb = KnowledgeBase.open(page_env / "vector_store", name)
+        try:
+            return read_options(kb)
+        finally:
+            kb.close()
+
+    at = open_page()
+    create("small", new_kb_chunk_size=120, new_kb_chunk_overlap=10)
+    assert recorded("small") == KbOptions(120, 10, "all-MiniLM-L6-v2")  # stored with the KB
+    assert any("Created with chunks of 120 characters (overlap 10)" in t for t in texts(at.caption))
+    assert not at.error and not at.warning
+
+    create("bge", new_kb_embedding_model="BAAI/bge-small-zh-v1.5")
+    assert recorded("bge") == KbOptions(300, 50, "BAAI/bge-small-zh-v1.5")
+    assert any("KB_QA_EMBEDDING__MODEL=BAAI/bge-small-zh-v1.5" in t for t in texts(at.error))  # at creation
+    assert any("created for the embedding model 'BAAI/bge-small-zh-v1.5'" in t for t in texts(at.warning))
+    upload(at, "bge", [("kettle.md", b"# Kettle\n\nThe solar kettle boils water in twelve minutes.\n")])
+    report = " ".join(texts(at.warning))
+    assert "bge: 1 failed" in report  # the upload is refused with the reason, nothing is embedded
+    notes = " ".join(str(v) for v in at.dataframe[0].value["note"])  # the report's per-file reasons
+    assert "KB_QA_EMBEDDING__MODEL=BAAI/bge-small-zh-v1.5" in notes
+
+    create("bad", new_kb_chunk_size=100, new_kb_chunk_overlap=100)
+    assert any("must be smaller than the chunk size" in t for t in texts(at.error))
+    assert "bad" not in at.selectbox(key="manage_kb").options

@@ -291,8 +291,10 @@ def test_first_load_contacts_nothing_but_the_local_server(server, context, page)
     # (the context fixture asserts the same for every test, from its first request to its last)
 
 
-@pytest.mark.xfail(reason="not yet: passed (12 of 12 committed) before the final merges of this session and times "
-                          "out waiting for the uploads since; to be investigated", strict=False)
+@pytest.mark.xfail(strict=False, reason=(
+    "not yet reliable: passed on its branch (12 of 12 committed, progress 0/12 -> 12/12 seen), but in the merged "
+    "main run after parsing moved outside the writer lock all 12 were committed while the page showed only "
+    "'0/12' before the report; to be investigated"))
 def test_uploads_survive_clicks_a_reload_and_a_second_tab(server, context, page, tmp_path):
     files = []
     for i in range(12):
@@ -364,9 +366,6 @@ def test_markdown_answer_rendered_and_hostile_content_inert(server, page, tmp_pa
     assert f"![tracker]({REMOTE}/pixel.png)".replace(REMOTE, f"http://{REMOTE}") in passages  # the document's, as text
 
 
-@pytest.mark.xfail(reason="not yet: has not passed on this 2-core machine (the answer's sources never arrived "
-                          "before the timeout); Stop keeping the partial answer is unproven in a real browser",
-                   strict=False)
 def test_stop_keeps_the_partial_answer_and_sources_and_history_survives_a_reload(server, page, tmp_path):
     doc = tmp_path / "solar_kettle.md"
     doc.write_text(GOOD_DOC, encoding="utf-8")

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kb_qa.app import App
 from kb_qa.errors import UnavailableError, UsageError
 from kb_qa.llm.tokenizer import build_chat_prompt
-from kb_qa.schema import Answer, Source
+from kb_qa.schema import Answer, History, Source
 
 log = logging.getLogger(__name__)
 
-History = Sequence[tuple[str, str]]
 GREEDY_BELOW = 1e-5  # temperatures below this mean greedy decoding (0)
 
 
@@ -51,26 +50,24 @@ class Generation:
 class _AnswerHandle:
     """The loaded LLM handle as the QA chain sees it for one request: its LangChain LLM is `_AnswerLLM`."""
 
-    def __init__(self, handle, params: GenParams, stats: Generation, system: str | None):
+    def __init__(self, handle, params: GenParams, stats: Generation):
         self._handle = handle
         self.tokenizer = getattr(handle, "tokenizer", None)
-        self.langchain_llm = _AnswerLLM(handle, params, stats, system)
+        self.langchain_llm = _AnswerLLM(handle, params, stats)
 
     def __getattr__(self, name):
         return getattr(self._handle, name)
 
 
 class _AnswerLLM:
-    """`stream` (the answer) with the request's sampling (top_p, stop, seed), the system text in front of the
-    user's turn, and `stats` filled in; `invoke` (the follow-up rewriting) goes to the plain LangChain LLM."""
+    """`stream` (the answer) with the request's sampling (top_p, stop, seed) and `stats` filled in; `invoke`
+    (the follow-up rewriting) goes to the plain LangChain LLM. (The system text is the chain's: kb_qa.qa.chain.)"""
 
-    def __init__(self, handle, params: GenParams, stats: Generation, system: str | None):
-        self._handle, self._params, self._stats, self._system = handle, params, stats, system
+    def __init__(self, handle, params: GenParams, stats: Generation):
+        self._handle, self._params, self._stats = handle, params, stats
         self._llm = handle.langchain_llm
 
     def stream(self, prompt: str, *, history=(), **kwargs):
-        if self._system:
-            prompt = f"{self._system}\n\n{prompt}"
         sampling = {"top_p": self._params.top_p, "stop": list(self._params.stop) or None, **kwargs}
         return stream_counted(self._handle, prompt, list(history), sampling, self._params.seed, self._stats)
 
@@ -99,8 +96,9 @@ def stream_counted(handle, question: str, history: list, sampling: dict, seed: i
     return _recounted(handle.stream_chat(question, history, **sampling), tokenizer, stats)
 
 
-def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[str]:
-    text = []
+def relayed(pieces: Iterator[str], text: list[str]) -> Iterator[str]:
+    """`pieces`, each also appended to `text`; the source is closed however this ends, so a reader that leaves
+    early (a client gone mid-stream) stops the model at its next token."""
     try:
         for piece in pieces:
             text.append(piece)
@@ -109,6 +107,11 @@ def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[
         close = getattr(pieces, "close", None)
         if close is not None:
             close()
+
+
+def _recounted(pieces: Iterator[str], tokenizer, stats: Generation) -> Iterator[str]:
+    text: list[str] = []
+    yield from relayed(pieces, text)
     if tokenizer is not None:
         stats.completion_tokens = tokenizer.count_tokens("".join(text), add_prefix=False)
 
@@ -191,21 +194,20 @@ class Engine:
                       top_k: int | None = None, *, stats: Generation | None = None,
                       system: str | None = None) -> Iterator[str | Answer]:
         """Text pieces as they are generated, then the complete `Answer` (last item): kb_qa.qa.chain. `system`
-        goes in front of the answer's user turn (not into retrieval, which it would pollute); `stats` gets the
-        usage and finish reason."""
+        goes in front of the answer's user turn (not into retrieval, which it would pollute; the chain counts it
+        in the window); `stats` gets the usage and finish reason."""
         if not question.strip():
             raise BadRequest("the question is empty")
         llm = self.llm()
         overrides = {"retrieval.top_k": top_k}
         if llm is not None:
-            overrides.update(self._window_overrides(llm, params, system))
-            llm = _AnswerHandle(llm, params, stats if stats is not None else Generation(), system)
-        return self.app.chain(llm).stream_answer(question, list(history), kb, overrides=overrides)
+            overrides.update(self._window_overrides(params))
+            llm = _AnswerHandle(llm, params, stats if stats is not None else Generation())
+        return self.app.chain(llm).stream_answer(question, list(history), kb, overrides=overrides, system=system)
 
-    def _window_overrides(self, llm, params: GenParams, system: str | None) -> dict:
+    def _window_overrides(self, params: GenParams) -> dict:
         """Per-request settings for the chain: sampling, and ChatGLM2's `max_length` (prompt + answer tokens) as
-        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it). The system text's
-        tokens are taken off the window the chain packs into."""
+        a smaller dialogue window (at least 256 tokens, the answer's share at most half of it)."""
         s = self.app.settings.llm
         out = {"llm.temperature": params.temperature, "llm.max_new_tokens": params.max_new_tokens}
         window = s.max_context_tokens
@@ -213,11 +215,6 @@ class Engine:
             window = max(256, min(s.max_context_tokens, params.max_length))
             answer = params.max_new_tokens or s.max_new_tokens
             out["llm.max_new_tokens"] = max(1, min(answer, window // 2))
-        tokenizer = getattr(llm, "tokenizer", None)
-        if system and tokenizer is not None:
-            window -= tokenizer.count_tokens(system + "\n\n", add_prefix=False)
-            if window < 64:
-                raise PromptTooLong("the system message leaves no room for the passages and the question")
         if window != s.max_context_tokens:
             out["llm.max_context_tokens"] = window
         return out
@@ -241,15 +238,8 @@ class Engine:
     @staticmethod
     def _collect(question: str, pieces: Iterator[str]) -> Iterator[str | Answer]:
         started = time.perf_counter()
-        text = []
-        try:
-            for piece in pieces:
-                text.append(piece)
-                yield piece
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # stops the model at its next token when the reader left early
+        text: list[str] = []
+        yield from relayed(pieces, text)
         yield Answer(question, "".join(text), [], mode="chat", query=question,
                      timings_ms={"total": (time.perf_counter() - started) * 1000})
 

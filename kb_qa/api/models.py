@@ -154,9 +154,10 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Not supported: 400 when > 0.")
     knowledge_base: KBName | None = Field(default=None, description="Extra: answer from this knowledge base.")
     top_k: int | None = Field(default=None, ge=1, le=100, description="Extra: passages retrieved.")
-    include_sources: bool = Field(
-        default=False, description="Extra: append a Markdown 'Sources' block to the answer text (for clients that "
-                                   "drop the `sources` field, e.g. langchain-openai).")
+    include_sources: bool | None = Field(
+        default=None, description="Extra: append a Markdown 'Sources' block to the answer text (for clients that "
+                                  "drop the `sources` field, e.g. langchain-openai); unset = the server's "
+                                  "api.sources_block setting.")
 
     @field_validator("messages")
     @classmethod

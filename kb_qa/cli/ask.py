@@ -12,16 +12,14 @@ import json
 import sys
 
 from kb_qa.cli.common import (
-    add_config_flag,
-    add_kb_flags,
-    add_model_flags,
+    add_answer_flags,
     answer_overrides,
+    answering_app,
     guarded,
-    load_settings_from,
-    model_overrides,
     parser,
     printable,
     require_model,
+    sampling_flags,
 )
 
 EXAMPLES = """examples:
@@ -39,9 +37,7 @@ def build_parser(prog: str = "python -m kb_qa.ask"):
     p = parser(prog, "Answer one question.", EXAMPLES.format(prog=prog))
     p.add_argument("question", help="the question")
     p.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} instead')
-    add_kb_flags(p)
-    add_model_flags(p)
-    add_config_flag(p)
+    add_answer_flags(p)
     return p
 
 
@@ -97,37 +93,19 @@ def _plain(app, args, out) -> int:
         hint = "" if status.configured else "; pass --llm PATH"
         raise UnavailableError(f"there is no model to answer with ({status.reason}){hint}")
     if args.json:
-        text = "".join(app.stream_chat(args.question, **_sampling(args)))
+        text = "".join(app.stream_chat(args.question, **sampling_flags(args)))
         out.write(json.dumps({"answer": text, "sources": []}, ensure_ascii=False) + "\n")
         return 0
-    for piece in app.stream_chat(args.question, **_sampling(args)):
+    for piece in app.stream_chat(args.question, **sampling_flags(args)):
         out.write(piece)
         out.flush()
     out.write("\n")
     return 0
 
 
-def _sampling(args) -> dict:
-    values = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def main(argv: list[str] | None = None, *, prog: str = "python -m kb_qa.ask", app=None, out=None) -> int:
     args = build_parser(prog).parse_args(argv)
-
-    def body() -> int:
-        from kb_qa.app import App
-
-        quiet_transformers()
-        return run(app or App(load_settings_from(args, model_overrides(args))), args, out)
-
-    return guarded(body)
-
-
-def quiet_transformers() -> None:
-    import logging
-
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return guarded(lambda: run(answering_app(args, app), args, out))
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ import sys
 from collections.abc import Callable
 
 from kb_qa.cli.common import (
-    add_config_flag,
-    add_kb_flags,
-    add_model_flags,
+    add_answer_flags,
     answer_overrides,
+    answering_app,
     guarded,
-    load_settings_from,
-    model_overrides,
     one_line,
     parser,
     require_model,
+    sampling_flags,
 )
 
 EXAMPLES = """examples:
@@ -36,9 +34,7 @@ be loaded"""
 
 def build_parser(prog: str = "python -m kb_qa.chat"):
     p = parser(prog, "Interactive chat in the terminal.", EXAMPLES.format(prog=prog))
-    add_kb_flags(p)
-    add_model_flags(p)
-    add_config_flag(p)
+    add_answer_flags(p)
     return p
 
 
@@ -151,21 +147,15 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m kb_qa.chat", a
     args = build_parser(prog).parse_args(argv)
 
     def body() -> int:
-        from kb_qa.app import App
-        from kb_qa.cli.ask import quiet_transformers
         from kb_qa.errors import UnavailableError
 
-        quiet_transformers()
-        application = app or App(load_settings_from(args, model_overrides(args)))
+        application = answering_app(args, app)
         if not args.no_kb:
             return run_kb_chat(application, args, read=read, out=out)
         handle = application.llm
         if handle is None:
             raise UnavailableError(f"there is no model to chat with ({application.llm_status().reason})")
-        writer = (out or sys.stdout).write
-        sampling = {k: v for k, v in {"temperature": args.temperature,
-                                      "max_new_tokens": args.max_new_tokens}.items() if v is not None}
-        run_chat(handle, read=read, write=writer, **sampling)
+        run_chat(handle, read=read, write=(out or sys.stdout).write, **sampling_flags(args))
         return 0
 
     return guarded(body)

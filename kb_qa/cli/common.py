@@ -60,6 +60,31 @@ def add_kb_flags(p: argparse.ArgumentParser) -> None:
                    help="only passages of this document (path as `kb show` lists it); repeatable")
 
 
+def add_answer_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the verbs that answer questions (ask, chat): knowledge bases, model, settings file."""
+    add_kb_flags(p)
+    add_model_flags(p)
+    add_config_flag(p)
+
+
+def sampling_flags(args: argparse.Namespace) -> dict:
+    """The generation flags given (--temperature, --max-new-tokens) as keywords for a plain chat (--no-kb)."""
+    values = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def answering_app(args: argparse.Namespace, app=None):
+    """`app`, or the App the flags describe (settings file + model flags); transformers' chatter silenced."""
+    import logging
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if app is not None:
+        return app
+    from kb_qa.app import App
+
+    return App(load_settings_from(args, model_overrides(args)))
+
+
 def model_overrides(args: argparse.Namespace) -> dict:
     return {
         "llm.model_path": getattr(args, "llm", None),

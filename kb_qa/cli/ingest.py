@@ -16,7 +16,8 @@ EXAMPLES = """examples:
   {prog} ./docs --kb manuals --prune    # also drop documents whose files are gone
   {prog} ./docs --kb manuals --rebuild  # re-embed everything (e.g. after changing models)
 
-exit status: 0 all files ok, 1 some files failed (listed with reasons), 2 the run could not start (bad name,
+exit status: 0 all files ok, 1 some files failed (listed with reasons) or the disk failed (full, read-only, I/O
+error: one line; the batches committed before it are kept), 2 the run could not start (bad name,
 bad settings), 3 the embedding model is not available, 4 the KB is busy, 130 Ctrl-C (what was committed is kept
 and listed)"""
 
@@ -42,6 +43,8 @@ def format_report(report) -> str:
     counts = ", ".join(f"{s} {report.count(s)}" for s in ("added", "updated", "unchanged", "failed", "removed"))
     lines = [f"knowledge base {printable(report.kb)!s}: {counts}; {report.chunks_embedded} chunks embedded in "
              f"{report.seconds:.1f} s"]
+    ocr = report.ocr.summary()
+    lines += [f"  {ocr}"] if ocr else []
     lines += [f"  failed: {printable(o.source)}: {printable(o.reason or '')}" for o in report.failed]
     return "\n".join(lines)
 
@@ -61,6 +64,7 @@ def run(app, args, out=None) -> int:
     if args.json:
         out.write(json.dumps({"kb": report.kb, "seconds": round(report.seconds, 3),
                               "chunks_embedded": report.chunks_embedded,
+                              "ocr": asdict(report.ocr),
                               "files": [asdict(o) for o in report.outcomes]}, ensure_ascii=False, indent=1) + "\n")
     else:
         out.write(format_report(report) + "\n")

@@ -19,8 +19,8 @@ EXAMPLES = """examples:
   {prog} repair samples                # fix what the records allow: index, keyword table, orphans
   {prog} compact samples               # build the approximate index of a large KB (store.ann_min_chunks)
 
-exit status: 0 ok, 1 some paths were not in the KB or a check found problems, 2 bad name or no such KB,
-4 the KB is busy"""
+exit status: 0 ok, 1 some paths were not in the KB, a check found problems, or the disk failed (full, read-only,
+I/O error: one line, nothing lost), 2 bad name or no such KB, 4 the KB is busy"""
 
 
 def build_parser(prog: str = "python -m kb_qa.kb"):
@@ -66,24 +66,30 @@ def run(app, args, out=None) -> int:
             out.write(("\n".join(done) or "nothing to compact") + "\n")
         return 0
     if args.command == "list":
+        from kb_qa.errors import StorageError
         from kb_qa.store import KnowledgeBaseError
 
-        infos, damaged = [], []
+        infos, damaged, unreadable = [], [], []
         for n in app.kb_names():
             try:
                 infos.append(app.kb(n).info())
             except KnowledgeBaseError as exc:  # one damaged KB never hides the others
                 damaged.append((n, str(exc)))
+            except StorageError as exc:  # nor does one the disk fails to read (that is not damage)
+                unreadable.append((n, str(exc)))
         if args.json:
             emit([{"name": i.name, "documents": i.documents, "chunks": i.chunks,
                    "embedding_model": i.embedding_model} for i in infos]
-                 + [{"name": n, "damaged": reason} for n, reason in damaged])
+                 + [{"name": n, "damaged": reason} for n, reason in damaged]
+                 + [{"name": n, "unreadable": reason} for n, reason in unreadable])
         else:
             for i in infos:
                 out.write(f"{i.name:24} {i.documents:6} documents {i.chunks:8} chunks  {i.embedding_model or '-'}\n")
             for n, reason in damaged:
                 out.write(f"{printable(n):24} DAMAGED: {printable(reason)}\n")
-            if not infos and not damaged:
+            for n, reason in unreadable:
+                out.write(f"{printable(n):24} UNREADABLE: {printable(reason)}\n")
+            if not infos and not damaged and not unreadable:
                 out.write("no knowledge bases yet: kb-qa ingest PATH --kb NAME\n")
         return 0
     if args.command == "show":
@@ -136,8 +142,15 @@ def _doctor(app, args, out, emit) -> int:
         else:
             out.write(("\n".join(done) or "nothing to repair") + "\n")
         return 0
+    from kb_qa.errors import StorageError
+
     names = [args.name] if args.name else app.kb_names()
-    reports = [doctor.check(KnowledgeBase(app.store_root, n)) for n in names]
+    reports = []
+    for n in names:
+        try:
+            reports.append(doctor.check(KnowledgeBase(app.store_root, n)))
+        except StorageError as exc:  # the disk failed while checking this one: say so, check the others
+            reports.append(doctor.CheckReport(n, [str(exc)]))
     if args.json:
         emit([{"name": r.name, "ok": r.ok, "problems": r.problems, **r.facts} for r in reports])
     else:

@@ -48,6 +48,7 @@ class ParseOptions:
     ocr: OcrMode = "off"  # library calls OCR only when asked; ingest passes its setting (default auto)
     ocr_threads: int = 2  # onnxruntime intra-op threads for OCR
     ocr_max_pages: int = 100  # pages (PDF pages, images) OCR'd per file; later ones are skipped and said so
+    ocr_max_images: int = 50  # pictures inside one DOCX/PPTX OCR'd; later ones are skipped and said so
     pdf_backend: PdfBackend = "pypdf"
 
     @classmethod
@@ -66,6 +67,7 @@ class ParseOptions:
         return cls(limits=limits, ocr=getattr(settings, "ocr", "auto"),
                    ocr_threads=getattr(settings, "ocr_threads", 2),
                    ocr_max_pages=getattr(settings, "ocr_max_pages", 100),
+                   ocr_max_images=getattr(settings, "ocr_max_images", 50),
                    pdf_backend=getattr(settings, "pdf_backend", "pypdf"))
 
     def to_json(self) -> str:

@@ -1,8 +1,9 @@
 """Parse untrusted files in a separate process that is killed at its time limit and capped in memory.
 
-`parse_file(path, options) -> list[Section]` is the call for ingest: it reuses one worker process (started with
+`parse_file(path, options) -> list[Section]` is the call for ingest: it reuses a worker process (started with
 `spawn`, so it shares no state with the parent) for file after file, and replaces it when a parse is killed,
-crashes or runs out of memory. The parent never holds a lock for it; whoever calls it decides that.
+crashes or runs out of memory; concurrent callers get a worker each. The ingest pipeline calls it without the
+KB's write lock.
 
 Why a process: a parser can loop for minutes (xlsx bombs), grow to gigabytes (docx bombs) or crash in C code on
 a hostile file; in a process the parent can stop it at `max_seconds`, cap its address space (`RLIMIT_AS` =
@@ -28,6 +29,8 @@ from typing import Any
 
 from kb_qa.ingest.limits import ParseOptions
 from kb_qa.ingest.loaders.base import LoadError
+from kb_qa.ingest.ocr import OcrCost, collect_cost, progress_callback
+from kb_qa.ingest.ocr import record as record_ocr
 from kb_qa.schema import Section
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,8 @@ class ParseWorker:
                         done, total, unit = message["progress"]
                         on_progress(int(done), int(total), str(unit))
                     continue
+                if message.get("ocr_cost"):
+                    record_ocr(OcrCost.from_dict(message["ocr_cost"]))  # into the caller's ingest summary
                 if message.get("restart"):
                     self._stop()  # a MemoryError leaves the interpreter in doubt: start clean next time
                 if "error" in message:
@@ -135,15 +140,23 @@ def _crash_reason(exitcode: int | None, memory_mb: int) -> str:
     return f"the parser stopped unexpectedly (exit code {exitcode}) on this file"
 
 
-_shared: dict[str, ParseWorker] = {}
-_shared_lock = threading.Lock()
+# Idle workers, by options: a parse takes one (or starts one) and gives it back, so two ingests (API threads) parse
+# side by side instead of the second waiting up to max_seconds behind a hostile file.
+_idle: dict[str, list[ParseWorker]] = {}
+_idle_lock = threading.Lock()
+MAX_IDLE_WORKERS = 2  # processes kept warm between parses (each ~50-100 MB once its loaders are imported)
 
 
 def parse_file(path: str | os.PathLike, options: ParseOptions | None = None, *, name: str | None = None,
                on_progress: Progress | None = None) -> list[Section]:
-    """Load one file within `options.limits`: in the shared worker process when `limits.isolate` (the default),
-    else in this process (no time or memory bound). Raises LoadError naming the file and the reason."""
+    """Load one file within `options.limits`: in a worker process when `limits.isolate` (the default), else in
+    this process (no time or memory bound). Raises LoadError naming the file and the reason. Safe to call from
+    several threads at once: each call has a worker of its own.
+
+    Progress (OCR pages) goes to `on_progress`, else to the caller's `ocr.progress_callback`; the OCR cost to the
+    caller's `ocr.collect_cost()`."""
     options = options or ParseOptions()
+    on_progress = on_progress or progress_callback.get()
     if not options.limits.isolate:
         from kb_qa.ingest.loaders import load_document
 
@@ -152,22 +165,38 @@ def parse_file(path: str | os.PathLike, options: ParseOptions | None = None, *, 
         except LoadError as exc:
             raise LoadError(name or path, exc.reason) from exc
     key = options.to_json()
-    with _shared_lock:
-        worker = _shared.get(key)
-        if worker is None:
-            for old in _shared.values():  # one idle worker at a time is enough
+    worker = _take_worker(key, options)
+    try:
+        return worker.parse(path, name=name, on_progress=on_progress)
+    finally:
+        _give_back(key, worker)
+
+
+def _take_worker(key: str, options: ParseOptions) -> ParseWorker:
+    with _idle_lock:
+        for other in [k for k in _idle if k != key]:  # options changed: the old ones will not be asked again
+            for old in _idle.pop(other):
                 old.close()
-            _shared.clear()
-            worker = _shared[key] = ParseWorker(options)
-    return worker.parse(path, name=name, on_progress=on_progress)
+        pool = _idle.setdefault(key, [])
+        return pool.pop() if pool else ParseWorker(options)
+
+
+def _give_back(key: str, worker: ParseWorker) -> None:
+    with _idle_lock:
+        pool = _idle.setdefault(key, [])
+        if len(pool) < MAX_IDLE_WORKERS:
+            pool.append(worker)
+            return
+    worker.close()
 
 
 @atexit.register
 def close_shared_workers() -> None:
-    with _shared_lock:
-        for worker in _shared.values():
-            worker.close()
-        _shared.clear()
+    with _idle_lock:
+        for pool in _idle.values():
+            for worker in pool:
+                worker.close()
+        _idle.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,7 +207,6 @@ def _serve(conn, options_json: str) -> None:
     options = ParseOptions.from_json(options_json)
     _cap_memory(options.limits.memory_mb)
     from kb_qa.ingest.loaders import load_document
-    from kb_qa.ingest.ocr import progress_callback
 
     def report(done: int, total: int, unit: str) -> None:
         conn.send_bytes(json.dumps({"progress": [done, total, unit]}).encode("utf-8"))
@@ -189,8 +217,10 @@ def _serve(conn, options_json: str) -> None:
         except (EOFError, OSError):
             return
         token = progress_callback.set(report)
+        cost = OcrCost()
         try:
-            sections = load_document(Path(request["path"]), options=options)
+            with collect_cost() as cost:
+                sections = load_document(Path(request["path"]), options=options)
             answer: dict[str, Any] = {"sections": [{"text": s.text, "page": s.page, "heading": s.heading, "ocr": s.ocr}
                                     for s in sections]}
         except LoadError as exc:
@@ -202,6 +232,8 @@ def _serve(conn, options_json: str) -> None:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
             progress_callback.reset(token)
+        if cost.pages or cost.images or cost.skipped_pages or cost.skipped_images:
+            answer["ocr_cost"] = cost.to_dict()
         try:
             conn.send_bytes(json.dumps(answer, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         except MemoryError:

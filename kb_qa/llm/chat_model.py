@@ -57,6 +57,18 @@ def _text(message: BaseMessage) -> str:
 
 def messages_to_rounds(messages: Sequence[BaseMessage]) -> tuple[str, list[tuple[str, str]]]:
     """(question, history) for ChatGLM2: the system text before the first question, Human/AI pairs as rounds."""
+    system, question, history = split_dialogue(messages)
+    if system is None:
+        return question, history
+    if not history:
+        return system + ("\n\n" + question if question else ""), history
+    first, answer = history[0]
+    return question, [(system + ("\n\n" + first if first else ""), answer), *history[1:]]
+
+
+def split_dialogue(messages: Sequence[BaseMessage]) -> tuple[str | None, str, list[tuple[str, str]]]:
+    """(system text or None, question, history) of a dialogue: system messages joined, Human/AI pairs as rounds
+    (an opening AI message answers an empty question), the last Human message the question."""
     system: list[str] = []
     turns: list[list[str]] = []  # [role, text] with consecutive same-role messages merged
     for message in messages:
@@ -78,10 +90,8 @@ def messages_to_rounds(messages: Sequence[BaseMessage]) -> tuple[str, list[tuple
         raise UnsupportedMessages("the last message must be a human message: the question ChatGLM2 answers")
     if turns[0][0] == "ai":  # an opening assistant greeting answers no question: its round's question is empty
         turns.insert(0, ["human", ""])
-    if system:
-        turns[0][1] = "\n\n".join(s for s in system if s) + ("\n\n" + turns[0][1] if turns[0][1] else "")
     history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
-    return turns[-1][1], history
+    return "\n\n".join(s for s in system if s) or None, turns[-1][1], history
 
 
 def _holding(lock, pieces: Iterator[str]) -> Iterator[str]:

@@ -82,9 +82,9 @@ def configured_tokenizer(llm_settings):
 
     folder = Path(str(s.model_path)).expanduser()
     if not folder.is_dir():
-        from kb_qa.llm.loader import resolve_model_path  # a repo id in the local Hugging Face cache
+        from kb_qa.llm.loader import resolve_checkpoint_path  # a repo id in the local Hugging Face cache
 
-        found = resolve_model_path(s.model_path)
+        found = resolve_checkpoint_path(s.model_path)
         if found is None:
             return None
         folder = Path(found)

@@ -79,7 +79,7 @@ def _llm_settings(settings):
 
 def retrieval_only_reason(settings) -> str | None:
     """Why there would be no model (cheap: looks at settings and the file system only); None if one is expected."""
-    from kb_qa.llm.loader import resolve_model_path
+    from kb_qa.llm.loader import resolve_checkpoint_path
 
     s = _llm_settings(settings)
     match s.backend:
@@ -94,7 +94,7 @@ def retrieval_only_reason(settings) -> str | None:
         case _:
             if not s.model_path:
                 return "retrieval-only: no model_path configured (set llm.model_path or KB_QA_LLM__MODEL_PATH)"
-            folder = resolve_model_path(s.model_path)
+            folder = resolve_checkpoint_path(s.model_path)
             if folder is None:
                 return (f"retrieval-only: model_path {s.model_path!r} not found (neither a folder nor a repo id in "
                         "the local Hugging Face cache)")

@@ -33,6 +33,7 @@ from kb_qa.llm.config import (
     to_glm_config,
 )
 from kb_qa.llm.tokenizer import TOKENIZER_FILE, ChatGLM2Tokenizer
+from kb_qa.models.resolve import auto_device, find_in_hf_cache
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +75,25 @@ class LoadedModel:
 
 
 # -- where the checkpoint is ---------------------------------------------------------------------------------
-def resolve_model_path(model_path: str | os.PathLike) -> Path | None:
-    """A local folder, or a repo id's snapshot in the local Hugging Face cache; None when neither exists."""
+def resolve_checkpoint_path(model_path: str | os.PathLike) -> Path | None:
+    """`llm.model_path` -> a local folder, or a repo id's snapshot in the local Hugging Face cache (the same
+    lookup as the embedder's, kb_qa.models.resolve.find_in_hf_cache); None when neither exists."""
     path = Path(model_path).expanduser()
     if path.is_dir():
         return path
     text = str(model_path)
     if not _REPO_ID.match(text) or path.exists():
         return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(text, local_files_only=True))
-    except Exception as error:  # not cached (LocalEntryNotFoundError) or an invalid id
-        log.debug("%s not in the local Hugging Face cache: %s", text, error)
-        return None
+    return find_in_hf_cache(text)
 
 
 # -- device, precision, memory --------------------------------------------------------------------------------
 def pick_device(setting: str = "auto") -> torch.device:
+    """`llm.device` -> a torch device: 'auto' by kb_qa.models.resolve.auto_device (cuda:0 > mps > cpu); an explicit
+    device is checked to exist here, so a wrong setting fails before the weights are read."""
     setting = (setting or "auto").strip().lower()
     if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", 0)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        setting = auto_device()
     device = torch.device(setting)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -342,7 +336,7 @@ def _is_ptuning(adapter) -> bool:
 def _load(model_path, *, device: str, dtype: str, quantization: str, max_context_tokens: int, free_memory,
           prequantized: str) -> LoadedModel:
     free_memory = free_memory or free_memory_bytes
-    folder = resolve_model_path(model_path)
+    folder = resolve_checkpoint_path(model_path)
     if folder is None:
         raise ModelLoadError(f"{model_path}: not a folder, and not a repo id in the local Hugging Face cache")
     raw = read_config(folder)

@@ -122,9 +122,9 @@ def load_configured_tokenizer(llm_settings) -> ChatGLM2Tokenizer | None:
     model_path = getattr(llm_settings, "model_path", None)
     if not model_path:
         return None
-    from kb_qa.llm.loader import resolve_model_path
+    from kb_qa.llm.loader import resolve_checkpoint_path
 
-    folder = resolve_model_path(model_path)
+    folder = resolve_checkpoint_path(model_path)
     if folder is not None and (folder / TOKENIZER_FILE).is_file():
         return ChatGLM2Tokenizer.from_folder(folder)
     return None

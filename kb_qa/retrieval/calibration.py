@@ -26,6 +26,11 @@ that this passage is the one the question is about". The fit is ridge-regularise
 KB too small to calibrate still gets a sensible model; weights are never negative (a higher similarity never
 lowers relevance).
 
+Refusal: the threshold reads P after one more per-KB term, -w_unknown * U, U = the question's IDF share of terms
+no chunk of the KB contains (`unknown_share`). It is one value per question, so it moves refusal, never the
+ranking; w_unknown is fitted on the same pseudo-questions asked twice, once answerable and once as if their whole
+source document were missing (`fit_refusal`).
+
 Measured reliability (hit@1, hit@5, MRR@10 on the pseudo-questions, per retriever and fused; fused figures are
 2-fold cross-validated) is stored with the model in the KB's meta and shown by `kb show` and `kb_qa.eval`.
 
@@ -48,12 +53,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when pseudo-questions or features change: stored calibrations of another version are redone
+VERSION = 2  # bump when pseudo-questions or features change: stored calibrations of another version are redone
 META_KEY = "retrieval_calibration"
 MAX_QUESTIONS = 120  # pseudo-questions per KB (2 embeddings each: seconds with a small model on an idle CPU)
 FEATURES = ("dense", "share", "bm25")
 # Prior model (used as the ridge centre): a hedge between the two sides for a KB too small to measure.
 PRIOR = {"bias": -6.0, "dense": 3.0, "share": 3.0, "bm25": 3.0}
+# Refusal recalibration prior: the identity (probability as the ranking model says, no unknown-term penalty).
+IDENTITY = {"bias": 0.0, "scale": 1.0, "unknown": 0.0}
 RIDGE = 2.0  # strength of the pull towards PRIOR, in pseudo-question units (so it fades as samples grow)
 
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+(?:[。！？!?；;]+|$)|[^\n]+")
@@ -82,9 +89,15 @@ class Calibration:
     # one-retriever models, for when a side is switched off
     dense_only: dict[str, float] = field(default_factory=dict)
     keyword_only: dict[str, float] = field(default_factory=dict)
+    # refusal recalibration of the logit z above: z' = bias + scale * z - unknown * U (U: `unknown_share`); the
+    # identity until measured. One value per question shifts every candidate alike: ranking never changes.
+    refusal: dict[str, float] = field(default_factory=lambda: dict(IDENTITY))
+    answerable_questions: int = 0  # pseudo-questions behind `refusal`: answerable ones + as many without answer
 
-    def probability(self, dense: float | None, share: float | None, bm25: float | None) -> float:
-        """P(relevant) of one candidate; None = that retriever is switched off (its one-side model is used)."""
+    def probability(self, dense: float | None, share: float | None, bm25: float | None,
+                    unknown: float = 0.0) -> float:
+        """P(relevant) of one candidate; None = that retriever is switched off (its one-side model is used).
+        `unknown`: the question's IDF share of terms that occur nowhere in this KB (`unknown_share`)."""
         if dense is None and (share is None and bm25 is None):
             return 0.0
         if dense is None:
@@ -95,16 +108,19 @@ class Calibration:
             w = self.weights
         z = w.get("bias", 0.0) + w.get("dense", 0.0) * (dense or 0.0) + w.get("share", 0.0) * (share or 0.0) \
             + w.get("bm25", 0.0) * (bm25 or 0.0)
-        return _sigmoid(z)
+        r = self.refusal or IDENTITY
+        return _sigmoid(r.get("bias", 0.0) + r.get("scale", 1.0) * z - r.get("unknown", 0.0) * unknown)
 
     def summary(self) -> str:
         """One line for `kb show` / eval output."""
         if not self.questions:
             return "not measured (prior weights)"
+        r = self.refusal or IDENTITY
         return (f"{self.questions} pseudo-questions: dense hit@1 {self.dense.hit1:.2f} / MRR {self.dense.mrr10:.2f}, "
                 f"keyword hit@1 {self.keyword.hit1:.2f} / MRR {self.keyword.mrr10:.2f}, fused hit@1 "
                 f"{self.fused.hit1:.2f} / MRR {self.fused.mrr10:.2f}; weights dense {self.weights['dense']:.2f}, "
-                f"share {self.weights['share']:.2f}, bm25 {self.weights['bm25']:.2f}")
+                f"share {self.weights['share']:.2f}, bm25 {self.weights['bm25']:.2f}; refusal scale {r['scale']:.2f}, "
+                f"unknown-term weight {r['unknown']:.2f}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -209,6 +225,11 @@ class _Question:
     target: int  # row of the relevant passage
     dense_rank: int | None  # 1-based rank of the relevant passage by each retriever alone (None = not listed)
     keyword_rank: int | None
+    # For the refusal recalibration: U of the question against the KB without the sentence (answerable: the rest
+    # of the chunk is there) and against the KB without the whole source document (the same question, but now
+    # nothing in the KB answers it: the rows other than `target` are its candidates).
+    unknown_answerable: float = 0.0
+    unknown_unanswerable: float = 0.0
 
 
 def _reliability(ranks: Sequence[int | None]) -> PartReliability:
@@ -246,14 +267,58 @@ def fit(questions: Sequence[_Question]) -> Calibration:
         yt = np.concatenate([np.eye(len(q.rows))[q.target] for q in train])
         wt = fit_logistic(xt, yt, prior_w, RIDGE, len(train))
         ranks += [_rank_of_target(q, wt) for q in test]
+    refusal = fit_refusal(questions, w)
     return Calibration(
-        weights=dict(zip(names, map(float, w), strict=True)), questions=g,
+        weights=dict(zip(names, map(float, w), strict=True)), questions=g, refusal=refusal,
+        answerable_questions=g,
         dense=_reliability([q.dense_rank for q in questions]),
         keyword=_reliability([q.keyword_rank for q in questions]),
         fused=_reliability(ranks or [_rank_of_target(q, w) for q in questions]),
         dense_only=dict(zip(names, map(float, dense_w), strict=True)),
         keyword_only=dict(zip(names, map(float, keyword_w), strict=True)),
     )
+
+
+def fit_refusal(questions: Sequence[_Question], w: np.ndarray) -> dict[str, float]:
+    """How much an unknown term lowers the probability a threshold reads, from the KB's own questions.
+
+    Each pseudo-question is used twice: as asked (its passage is there: one candidate relevant) and as if its whole
+    source document were missing from the KB (leave-one-document-out: every candidate irrelevant, and the terms
+    only that document has become unknown to the KB, as an off-topic question's names are). A logistic fit of
+    the label on (bias + z, U) over both, z the ranking model's logit, gives the weight of U; the ridge pulls it
+    towards 0. The ranking inside a question is unchanged (U is one value per question); only the probability
+    moves: down for a question whose informative terms the KB has never seen."""
+    xs, ys = [], []
+    for q in questions:
+        z = q.rows @ w
+        for unknown, rows, labels in (
+                (q.unknown_answerable, z, np.eye(len(z))[q.target]),
+                (q.unknown_unanswerable, np.delete(z, q.target), np.zeros(len(z) - 1))):
+            if len(rows):
+                xs.append(np.column_stack([np.ones(len(rows)), rows, np.full(len(rows), -unknown)]))
+                ys.append(labels)
+    if not xs:
+        return dict(IDENTITY)
+    x, y = np.vstack(xs), np.concatenate(ys)
+    prior_w = np.array([IDENTITY["bias"], IDENTITY["scale"], IDENTITY["unknown"]])
+    # Only the unknown-term weight is kept. Fitted freely, the scale steepens the curve on these copied-text
+    # questions, and the bias carries the made-up 50/50 mix of answerable and unanswerable questions (a real KB's
+    # share of unanswered questions is unknown); both raised the refusal of answerable real questions (measured
+    # on the dev sets: bench/bench_retrieval_fusion.py). So the bias is fitted alongside, then dropped: a question
+    # whose terms the KB knows keeps the ranking model's probability, one with unknown terms is lowered.
+    r = fit_logistic(x, y, prior_w, RIDGE, 2 * len(questions), free=np.array([True, False, True]))
+    return {"bias": 0.0, "scale": 1.0, "unknown": float(r[2])}
+
+
+def unknown_share(idf: dict[str, float], df: dict[str, int], absent: set[str] | frozenset[str] = frozenset()
+                  ) -> float:
+    """U: the IDF-weighted share of the question's terms that no chunk of the KB contains (df 0, or in `absent`:
+    terms treated as missing), in [0, 1]. An off-topic question's names and rare words are such terms; an
+    answerable question's mostly are not (its passage has them)."""
+    total = sum(idf.values())
+    if total <= 0:
+        return 0.0
+    return min(1.0, sum(v for t, v in idf.items() if df.get(t, 0) == 0 or t in absent) / total)
 
 
 def _mask(d: int, keep: Sequence[int]) -> np.ndarray:
@@ -292,6 +357,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
     picked = ids[::step][: max_questions * 2]
     recs = kb.get_chunks(picked)
     drawn: list[tuple[int, str, str, str]] = []  # (chunk id, sha, question, rest)
+    sources_of: dict[int, list[str]] = {}
     for cid in picked:
         rec = recs.get(cid)
         if rec is None:
@@ -299,6 +365,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
         pq = pseudo_question(rec.text, cid, query_terms)
         if pq is not None:
             drawn.append((cid, rec.sha256, pq[0], pq[1]))
+            sources_of[cid] = list(rec.sources)
         if len(drawn) >= max_questions:
             break
     if not drawn:
@@ -311,7 +378,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
     # BM25's average chunk length, estimated on the sampled chunks (in terms, as the FTS5 index counts them)
     avgdl = max(1.0, float(np.mean([len(search_terms(rec.text)) for rec in recs.values()])))
     questions: list[_Question] = []
-    for (_cid, sha, question, rest), qvec, rvec in zip(drawn, vectors, rest_vectors, strict=True):
+    for (cid, sha, question, rest), qvec, rvec in zip(drawn, vectors, rest_vectors, strict=True):
         dense = dense_candidates(kb, qvec, candidates)
         stats = TermStats(kb, query_terms(question))
         keyword = keyword_candidates(kb, question, candidates)
@@ -334,8 +401,22 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
         d_rank = 1 + sum(1 for _, s in dense if dense_score(s) > t_dense)
         k_raw = t_bm25 * upper
         k_rank = (1 + sum(1 for _, s in keyword if s > k_raw)) if t_bm25 > 0 else None
+        # Terms counted out of the KB: a question term is unknown once no chunk outside what is removed has it.
+        doc_ids = kb.chunk_ids_for_sources(sources_of.get(cid, [])) | {cid}
+        own = kb.chunk_terms(doc_ids)
+        in_chunk = set(own.get(cid, "").split())
+        in_doc: dict[str, int] = {}
+        for text in own.values():
+            for t in set(text.split()):
+                in_doc[t] = in_doc.get(t, 0) + 1
+        rest_set = set(rest_terms)
+        # answerable: only the removed sentence had it (the source chunk, not its rest)
+        u_pos = unknown_share(stats.idf, stats.df, {t for t, d in stats.df.items()
+                                                    if d - (t in in_chunk) <= 0 and t not in rest_set})
+        # unanswerable: every chunk that has it belongs to the source document
+        u_neg = unknown_share(stats.idf, stats.df, {t for t, d in stats.df.items() if d - in_doc.get(t, 0) <= 0})
         questions.append(_Question(np.asarray(rows, dtype=np.float64), target,
-                                   d_rank if d_rank <= candidates else None, k_rank))
+                                   d_rank if d_rank <= candidates else None, k_rank, u_pos, u_neg))
     cal = fit(questions)
     cal.generation = generation
     cal.seconds = round(time.perf_counter() - started, 2)

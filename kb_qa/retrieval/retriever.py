@@ -4,17 +4,12 @@
     Retriever(app).search_detailed(...) -> SearchResult (sources + timings + the query actually used)
     KnowledgeBaseRetriever(app=app, kbs=[...])      the same as a LangChain `BaseRetriever`
 
-What `Source.score` means (and `retrieval.score_threshold` is compared with): a relevance similarity in [0, 1],
-higher = closer; a measure of the chunk against the question, not a rank value:
-  - both retrievers on (default): w_d * dense_score + w_k * keyword_score, a weighted mean of
-      dense_score   = max(0, cosine similarity of question and chunk embeddings)            (dense.py)
-      keyword_score = IDF-weighted share of the question's terms that occur in the chunk    (keyword.py)
-    with per-question weights from how much information each retriever's score distribution carries over its
-    candidates (flat = none, one clear winner = much; fusion.py), the same weights that rank the candidates;
-  - one retriever switched off: the other one's similarity;
-  - with a reranker configured: the cross-encoder's relevance probability (rerank.py).
-Sources come in fused (or reranked) rank order. 0 keeps everything; e.g. 0.5 drops chunks that share little with
-the question by either measure. When nothing is left, the answering chain replies that the KB has no answer.
+What `Source.score` means (and `retrieval.score_threshold` is compared with): the KB's calibrated estimate, in
+[0, 1], that this passage is the one the question is about (calibration.py: a per-KB logistic model of the dense
+cosine, the IDF-weighted term share and the normalised BM25, lowered for a question whose informative terms the KB
+does not know at all); with a reranker configured, the cross-encoder's relevance probability (rerank.py).
+Sources come in the order of their scores. 0 keeps everything; the default refuses a question whose best passage
+is under it. When nothing is left, the answering chain replies that the KB has no answer.
 
 Duplicates and overlaps: a content stored under two paths is one chunk (the store keeps one copy per content);
 identical chunk text found in several KBs is kept once; neighbouring chunks of one document (consecutive
@@ -37,7 +32,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from kb_qa.retrieval.calibration import calibration_for
+from kb_qa.retrieval.calibration import calibration_for, unknown_share
 from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
 from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
@@ -148,8 +143,9 @@ class Retriever:
                 keyword_sim.update({(name, c): v for c, v in
                                     keyword_similarities(kb, query, ids, stats[name]).items()})
         models = {name: self.calibration(kb, s.candidates) for name, kb in kbs_open.items()}
+        unknown = {name: unknown_share(st.idf, st.df) for name, st in stats.items()}
         fused = fuse_calibrated(dense_list, keyword_list, dense_sim, keyword_sim, bm25_share,
-                                lambda key: models[key[0]])
+                                lambda key: models[key[0]], lambda key: unknown.get(key[0], 0.0))
         timings["fuse"] = _ms(t)
 
         reranker = self._reranker(s)

@@ -4,6 +4,7 @@ The store owns every SQL statement and the keyword analyser (`terms`); nothing o
 It imports nothing from the layers above it (retrieval, qa, front ends)."""
 
 from kb_qa.store.errors import (
+    AnalyserMismatch,
     EmbeddingMismatch,
     KnowledgeBaseBusy,
     KnowledgeBaseDamaged,
@@ -13,6 +14,7 @@ from kb_qa.store.errors import (
 from kb_qa.store.knowledge_base import KnowledgeBase, KnowledgeBaseInfo
 
 __all__ = [
+    "AnalyserMismatch",
     "EmbeddingMismatch",
     "KnowledgeBase",
     "KnowledgeBaseBusy",

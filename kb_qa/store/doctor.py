@@ -18,8 +18,9 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from kb_qa.store import records, vector_index
+from kb_qa.store.errors import is_io_error, storage_error
 from kb_qa.store.knowledge_base import DB_FILE, KnowledgeBase
-from kb_qa.store.terms import fts_document
+from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, fts_document
 
 
 @dataclass
@@ -44,6 +45,13 @@ def _orphan_files(kb: KnowledgeBase, generation: int) -> list[str]:
 
 
 def check(kb: KnowledgeBase) -> CheckReport:
+    """What is wrong with `kb`. A disk that fails while checking raises `StorageError` (that is not damage, and
+    repairing would not help)."""
+    with kb._io("checking it"):
+        return _check(kb)
+
+
+def _check(kb: KnowledgeBase) -> CheckReport:
     report = CheckReport(kb.name)
     problem = kb.problem()
     if kb._state() == "missing":
@@ -67,6 +75,9 @@ def check(kb: KnowledgeBase) -> CheckReport:
         recorded = records.get_meta(conn, "chunk_count")
         if recorded is not None and int(recorded) != chunks:
             report.problems.append(f"recorded chunk count {recorded} != {chunks} chunk rows")
+        analyser = records.get_meta(conn, ANALYSER_META_KEY) or "1"
+        if chunks and analyser != ANALYSER_VERSION:
+            report.problems.append(f"keyword index cut by term analyser version {analyser}, not {ANALYSER_VERSION}")
         bad = conn.execute("SELECT COUNT(*) FROM contents c WHERE n_chunks != "
                            "(SELECT COUNT(*) FROM chunks WHERE sha256 = c.sha256)").fetchone()[0]
         if bad:
@@ -99,6 +110,8 @@ def check(kb: KnowledgeBase) -> CheckReport:
         for name in _orphan_files(kb, generation):
             report.problems.append(f"orphan file {name}")
     except sqlite3.DatabaseError as exc:
+        if is_io_error(exc):
+            raise
         report.problems.append(f"database cannot be read: {exc}")
     finally:
         conn.close()
@@ -117,6 +130,24 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
         raise KnowledgeBaseDamaged(f"knowledge base {kb.name!r} cannot be repaired from its records "
                                    f"({raise_from}); re-ingest its documents with --rebuild into a new one")
     with kb._write_lock(lock_timeout_s):
+        keep = _repair_records(kb, done)
+        for name in _orphan_files(kb, keep):
+            try:
+                (kb.path / name).unlink(missing_ok=True)
+                done.append(f"removed orphan file {name}")
+            except OSError as exc:  # the repair itself stands; `kb check` keeps listing the file
+                done.append(f"could not remove orphan file {name}: {exc.strerror or exc}")
+    kb.close()  # the next search loads the new generation
+    return done
+
+
+def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
+    """The records' part of `repair`, in one transaction; returns the generation of the approximate index file
+    it wrote (0: none, the KB is searched exactly). A disk
+    failure rolls it all back, removes the index file it wrote, and raises `StorageError`."""
+    written = None
+    committed = False
+    try:
         conn = records.connect(kb.path / DB_FILE)
         try:
             records.init_schema(conn)  # the tombstones table of a KB from before it existed
@@ -140,7 +171,7 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
             keep = 0
             if dim is not None and records.get_meta(conn, "ann_generation"):
                 index = vector_index.build_ann(records.iter_vectors(conn, int(dim)), int(dim))
-                _path, sha = vector_index.write_index(index, kb.path, generation)
+                written, sha = vector_index.write_index(index, kb.path, generation)
                 for key, value in (("ann_generation", generation), ("ann_sha256", sha), ("ann_count", index.ntotal),
                                    ("ann_max_id", records.max_chunk_id(conn))):
                     records.set_meta(conn, key, str(value))
@@ -153,15 +184,27 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
             records.set_meta(conn, "index_generation", str(generation))
             records.set_meta(conn, "vectors_rebased_at", str(generation))  # every reader reloads
             records.set_meta(conn, "chunk_count", str(count))
+            records.set_meta(conn, ANALYSER_META_KEY, ANALYSER_VERSION)  # the terms were just re-cut
+            if not conn.in_transaction:  # SQLite rolled it back itself after an I/O error it reported
+                raise sqlite3.OperationalError("disk I/O error (SQLite rolled the transaction back)")
             conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            committed = True
         finally:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite may have rolled it back itself after an I/O error
             conn.close()
-        for name in _orphan_files(kb, keep):
-            (kb.path / name).unlink(missing_ok=True)
-            done.append(f"removed orphan file {name}")
-    kb.close()  # the next search loads the new generation
-    return done
+    except (OSError, sqlite3.OperationalError, RuntimeError) as exc:
+        if not is_io_error(exc):
+            raise
+        if written is not None and not committed:
+            try:
+                written.unlink(missing_ok=True)
+            except OSError:
+                pass  # an orphan file: `kb check` lists it, the next writer removes it
+        done.clear()
+        raise storage_error(kb.name, "repairing it", exc, kb.path,
+                            outcome="nothing was changed: the previous version is intact") from exc
+    return keep

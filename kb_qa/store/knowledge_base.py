@@ -31,8 +31,10 @@ from kb_qa.store.errors import (
     KnowledgeBaseBusy,
     KnowledgeBaseDamaged,
     KnowledgeBaseNotFound,
-    StorageError,
+    is_io_error,
+    storage_error,
 )
+from kb_qa.store.terms import ANALYSER_META_KEY, check_analyser
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +81,27 @@ class KnowledgeBase:
                 raise KnowledgeBaseNotFound(f"knowledge base {name!r} does not exist (looked in {kb.path})")
             kb._create()
         elif state is not None:
-            raise KnowledgeBaseDamaged(kb.problem())
+            raise KnowledgeBaseDamaged(kb._problem_of(state))
         return kb
+
+    @contextmanager
+    def _io(self, what: str, outcome: str = "nothing was changed"):
+        """Turn a failure of the disk inside the block into one `StorageError` line naming this KB and `what`."""
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError, RuntimeError) as exc:
+            if not is_io_error(exc):
+                raise
+            raise storage_error(self.name, what, exc, self.path, outcome=outcome) from exc
 
     def problem(self) -> str | None:
         """Why this KB's files cannot be used, in one line with the fix; None when they look right (or there is
-        no KB). Cheap: it checks the files and the schema, not every page (that is `kb_qa.store.doctor.check`)."""
-        state = self._state()
+        no KB). Cheap: it checks the files and the schema, not every page (that is `kb_qa.store.doctor.check`).
+        A disk that cannot be read is not damage: that raises `StorageError`."""
+        return self._problem_of(self._state())
+
+    def _problem_of(self, state: str | None) -> str | None:
+        """`problem()` for a `_state()` already read (so the line describes what the caller saw)."""
         if state == _MISSING:
             return None
         if state == _HALF_MADE:
@@ -95,7 +111,12 @@ class KnowledgeBase:
         return state
 
     def _state(self) -> str | None:
-        """None (usable), _MISSING, _HALF_MADE, or the reason the files are damaged."""
+        """None (usable), _MISSING, _HALF_MADE, or the reason the files are damaged. Raises StorageError when the
+        disk fails while looking (an unreadable disk says nothing about the file)."""
+        with self._io("opening the database"):
+            return self._read_state()
+
+    def _read_state(self) -> str | None:
         if not self._db.exists() and not self._db.is_symlink():
             return _MISSING
         fix = f"run `kb-qa kb repair {self.name}` or delete it with `python -m kb_qa.kb delete {self.name}`"
@@ -111,6 +132,8 @@ class KnowledgeBase:
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
+            if is_io_error(exc):
+                raise
             return f"knowledge base {self.name!r}: {self._db} is not a readable database ({exc}); {fix}"
         if missing == set(records.TABLES):
             return _HALF_MADE
@@ -125,9 +148,9 @@ class KnowledgeBase:
             if self._state() is None:
                 return  # another process created it meanwhile
             tmp = self.path / f".{DB_FILE}.creating"
-            for leftover in self.path.glob(f".{DB_FILE}.creating*"):
-                leftover.unlink()
             try:
+                for leftover in self.path.glob(f".{DB_FILE}.creating*"):
+                    leftover.unlink()
                 conn = records.connect(tmp, journal="DELETE")  # no -wal beside the temporary file
                 try:
                     records.init_schema(conn)
@@ -139,14 +162,13 @@ class KnowledgeBase:
                     stale.unlink(missing_ok=True)  # a half-made file and its journal: nothing in it to keep
                 os.replace(tmp, self._db)
                 vector_index.fsync_dir(self.path)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise StorageError(f"knowledge base {self.name!r}: could not be created in {self.path}: "
-                                   f"{exc.strerror or exc}; nothing was stored") from exc
-            except sqlite3.Error as exc:
-                tmp.unlink(missing_ok=True)
-                raise StorageError(f"knowledge base {self.name!r}: could not be created in {self.path}: {exc}; "
-                                   f"nothing was stored") from exc
+            except (OSError, sqlite3.Error) as exc:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    log.warning("could not remove %s (the next creation removes it)", tmp)
+                raise storage_error(self.name, f"creating it in {self.path}", exc, self.path,
+                                    outcome="nothing was stored") from exc
 
     @staticmethod
     def list_names(store_root: Path) -> list[str]:
@@ -182,8 +204,12 @@ class KnowledgeBase:
         with kb._write_lock(lock_timeout_s):
             trash = kb.path.with_name(f".{kb.name}.deleting")
             shutil.rmtree(trash, ignore_errors=True)
-            kb.path.rename(trash)  # atomic: the KB disappears at once, then the files go
+            with kb._io("deleting it", outcome="it was not deleted"):
+                kb.path.rename(trash)  # atomic: the KB disappears at once, then the files go
         shutil.rmtree(trash, ignore_errors=True)
+        if trash.exists():  # the KB is gone; its files could not all be removed (I/O error): say where they are
+            log.warning("knowledge base %r was deleted, but some of its files could not be removed: delete %s by "
+                        "hand (or the next delete of this name removes it)", name, trash)
 
     def close(self) -> None:
         if self._read_conn is not None:
@@ -199,7 +225,7 @@ class KnowledgeBase:
 
     def _query(self, fn, *args):
         """`fn(conn, *args)` on the shared read connection, one at a time."""
-        with self._query_lock:
+        with self._query_lock, self._io("reading the records"):
             return fn(self._conn, *args)
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -268,14 +294,14 @@ class KnowledgeBase:
     def put_meta(self, key: str, value: str, *, lock_timeout_s: float = 10.0) -> None:
         """Store one meta value in its own transaction, under the write lock; the index generation is unchanged
         (so a value can record which generation it describes)."""
-        with self._write_lock(lock_timeout_s):
+        with self._write_lock(lock_timeout_s), self._io(f"storing {key!r}", outcome="nothing else was changed"):
             conn = records.connect(self._db)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 records.set_meta(conn, key, value)
                 conn.execute("COMMIT")
             finally:
-                conn.close()
+                conn.close()  # an open transaction is rolled back
 
     def check_embedding(self, model: str, dim: int | None = None, identity: dict | None = None) -> None:
         """Refuse to mix embedding models or dimensions in one index. `identity` ({'source', 'weights_sha256'},
@@ -307,6 +333,7 @@ class KnowledgeBase:
                              allowed: Collection[int] | None = None) -> list[list[tuple[int, float]]]:
         """[(chunk id, BM25 >= 0, higher = better)] per list of search terms (from `store.terms.search_terms`),
         best first, at most `k`; with `allowed`, only those chunk ids."""
+        check_analyser(self.name, self.get_meta(ANALYSER_META_KEY), self.chunk_count())  # else terms disagree
         return [self._query(records.keyword_search, terms, k, allowed) for terms in term_lists]
 
     def keyword_search(self, terms: Sequence[str], k: int, allowed: Collection[int] | None = None
@@ -319,7 +346,7 @@ class KnowledgeBase:
     def _current_index(self) -> live_index.LiveIndex | None:
         """The vector index of the committed generation (`live_index.LiveIndex`), brought up to date with what
         any process committed since: only the new rows and tombstones are read. None: nothing embedded yet."""
-        with self._load_lock, self._query_lock:
+        with self._load_lock, self._query_lock, self._io("loading the vector index"):
             c = self._conn
             c.execute("BEGIN")  # one snapshot for meta, tombstones and vectors
             try:
@@ -344,14 +371,15 @@ class KnowledgeBase:
     def _write_lock(self, timeout_s: float):
         from filelock import FileLock, Timeout
 
-        self.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.path / LOCK_FILE), timeout=timeout_s)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise KnowledgeBaseBusy(
-                f"knowledge base {self.name!r} is busy: another ingest or edit is running (waited {timeout_s:g} s)"
-            ) from None
+        with self._io(f"taking the write lock ({self.path / LOCK_FILE})"):
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+            except Timeout:  # a TimeoutError, hence an OSError: not the disk's fault
+                raise KnowledgeBaseBusy(
+                    f"knowledge base {self.name!r} is busy: another ingest or edit is running (waited "
+                    f"{timeout_s:g} s)") from None
         try:
             yield
         finally:

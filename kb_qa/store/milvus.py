@@ -329,7 +329,7 @@ class MilvusWriter(Writer):
             _crash_point("milvus-before-commit")
         generation = int(records.get_meta(conn, "index_generation", "0"))
         records.set_meta(conn, "index_generation", str(generation + 1))  # readers' cache key, as locally
-        records.set_meta(conn, "chunk_count", str(count))
+        self._record_counts(count)  # chunk count and analyser version, as the local writer records them
         conn.execute("COMMIT")
         self._in_tx = False
         _crash_point("after-commit")

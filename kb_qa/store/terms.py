@@ -4,6 +4,16 @@ The store's FTS analyser: the same function cuts documents at ingest (`fts_docum
 column) and questions at query time (`search_terms`, what retrieval hands to `KnowledgeBase.keyword_search`), so
 both sides always agree. It lives in the store because what was indexed must be what is searched.
 Uses jieba's search mode (a long word also yields its shorter words), so "知识库" matches "知识" too.
+
+Before cutting, text is folded (terms only; the stored passage keeps its script): NFKC (full-width "ＲＴＸ　４０９０"
+-> "RTX 4090"), lower case, Traditional -> Simplified through OpenCC's `t2s` table, so either script finds the other.
+Markdown image links, bare URLs and empty list markers are dropped first (they would make a chunk look relevant).
+Exact identifiers (model numbers, codes, versions, dates, amounts) are kept as one extra whole term each, besides
+their parts, so "RTX 4090" ranks the passage that has exactly that above ones with only "4090" or only "RTX".
+Question words, particles and polite filler are not terms (they match everything; IDF alone lets them add noise).
+
+Bump ANALYSER_VERSION whenever the terms of a text change: the writer records it in the KB's meta and a KB indexed
+with another version must be rebuilt (`--rebuild`), or its index and the questions' terms disagree.
 """
 
 from __future__ import annotations
@@ -11,11 +21,53 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import unicodedata
+
+ANALYSER_VERSION = "3"  # 1: jieba search mode / \w+ words; 2: + folding, identifiers, stop words, hygiene;
+#                          3: + how-much/how-long words (多少, 多长, 几...) and 有 as stop words
+ANALYSER_META_KEY = "analyser_version"
 
 _WORD = re.compile(r"\w", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _lock = threading.Lock()
 _ready = False
+_t2s = None
+
+# Chunk hygiene: markup that carries no content. Image links whole (alt text included: usually a file name),
+# bare URLs, and list markers alone on a line ("-", "*", "1.").
+_NOISE = re.compile(
+    r"!\[[^\]\n]*\]\([^)\n]*\)"
+    r"|(?:https?|ftp)://[^\s<>()\[\]\"'，。；、）]+|www\.[^\s<>()\[\]\"'，。；、）]+"
+    r"|^[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]*$",
+    re.MULTILINE | re.IGNORECASE)
+
+# Exact identifiers, matched on folded (NFKC, lower-case) text. ASCII-only look-arounds: a CJK character next to
+# an identifier ("型号rtx 4090的") is a boundary. Joined by one private-use character (U+E000), which FTS5's
+# unicode61 keeps inside a token, so the whole identifier is one indexed term.
+_JOIN = "\ue000"
+_PERCENT = "\ue001"
+_ID = re.compile(
+    r"(?<![a-z0-9.])(?:"
+    r"(?P<date>\d{4})(?:[-/.](?P<m>\d{1,2})[-/.](?P<d>\d{1,2})|年(?P<m2>\d{1,2})月(?:(?P<d2>\d{1,2})[日号])?)"
+    r"|(?P<code>[a-z]{1,8}(?:/[a-z]{1,4})?[ \-]?\d+[a-z]*(?:[.\-:/_]\d+[a-z]*)*)"   # gb/t 7714-2015, rtx 4090
+    r"|(?P<num>v?\d+(?:[.\-:/_]\d+)+[a-z]*%?|\d+(?:\.\d+)?%)"                     # v2.3.1, 3.5%, 1.2.3
+    r")(?![a-z0-9])")
+# A code's letter prefix joined by a space only counts when short (model series are: RTX, GB/T, ISO) and not an
+# ordinary word ("in 1990", "page 5", "founded 1990").
+_SPACE_PREFIX_WORDS = frozenset(
+    "a an and are as at be by for from in into is it no of on or page than the to was were with chapter section "
+    "about after before since until between over under per vs".split())
+
+# Not terms: interrogatives, sentence-final and structural particles, polite filler (Chinese, as jieba cuts
+# them), and the usual English function words. Short on purpose: content words stay even when frequent.
+STOP_WORDS = frozenset(
+    "什么 什么样 怎么 怎么样 怎样 如何 哪些 哪个 哪里 哪儿 哪 吗 呢 吧 啊 呀 嘛 么 请问 请 麻烦 一下 的 地 得 了 着 过 "
+    "呢 是否 能否 可以 是 和 与 及 或 在 对 把 被 "
+    # how much / how long / how many ("长城有多长", "长度是多少"): the question's form, rarely the passage's words
+    "有 多少 多长 多久 多大 多高 多远 多重 多深 多宽 多厚 多快 几 几个 几种 几次 几年 为什么 为何 何时 谁 "
+    "an the of to in on at by for from with as and or but if is are was were be been being am do does did "
+    "what which who whom whose how why when where that this these those it its there their they he she his her "
+    "me my we our you your can could would should will shall may might please tell".split())
 
 
 def _jieba():
@@ -31,16 +83,74 @@ def _jieba():
     return jieba
 
 
+def _to_simplified(text: str) -> str:
+    global _t2s
+    if _t2s is None:
+        import opencc  # the wheel ships its dictionaries: no network
+
+        with _lock:
+            if _t2s is None:
+                _t2s = opencc.OpenCC("t2s")
+    return _t2s.convert(text)
+
+
+def fold(text: str) -> str:
+    """The text terms are cut from: NFKC, lower case, Simplified script. Only for terms, never for display."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _to_simplified(text) if _CJK.search(text) else text
+
+
+def strip_noise(text: str) -> str:
+    """`text` without Markdown image links, bare URLs and empty list markers."""
+    return _NOISE.sub(" ", text)
+
+
+def _identifier_term(m: re.Match) -> str | None:
+    if m.group("date"):
+        month, day = m.group("m") or m.group("m2"), m.group("d") or m.group("d2")
+        parts = [m.group("date"), str(int(month))] + ([str(int(day))] if day else [])
+        return _JOIN.join(parts)  # "2023-05-01" and "2023年5月1日" are the same term
+    raw = m.group("code") or m.group("num")
+    if m.group("code"):
+        lead = re.match(r"[a-z/]+", raw)
+        prefix = lead.group(0) if lead else ""
+        if raw[len(prefix):len(prefix) + 1] == " " and (len(prefix) > 5 or prefix in _SPACE_PREFIX_WORDS):
+            return None
+    parts = re.findall(r"[a-z0-9]+", raw)
+    if len(parts) < 2 and not raw.endswith("%"):
+        return None  # one plain word or number: its ordinary term already is the whole identifier
+    return _JOIN.join(parts) + (_PERCENT if raw.endswith("%") else "")
+
+
+def identifier_terms(folded: str) -> list[str]:
+    """Whole-identifier terms of folded text, in order ("gb/t 7714-2015" -> one term, besides gb, t, 7714, 2015)."""
+    return [t for t in (_identifier_term(m) for m in _ID.finditer(folded)) if t]
+
+
 def search_terms(text: str) -> list[str]:
-    """Index/query terms of `text`, in order, with repeats (BM25 needs term frequency)."""
-    text = text.lower()
+    """Index/query terms of `text`, in order, with repeats (BM25 needs term frequency): the word terms first,
+    then the whole identifiers."""
+    text = fold(strip_noise(text))
     if _CJK.search(text):
         tokens = _jieba().lcut_for_search(text)
     else:
         tokens = re.findall(r"\w+", text, re.UNICODE)
-    return [t for t in (tok.strip() for tok in tokens) if t and _WORD.search(t)]
+    words = [t for t in (tok.strip() for tok in tokens) if t and _WORD.search(t) and t not in STOP_WORDS]
+    return words + identifier_terms(text)
 
 
 def fts_document(text: str) -> str:
     """The text stored in the FTS5 column: terms joined by spaces (FTS5's unicode61 splits on them)."""
     return " ".join(search_terms(text))
+
+
+def check_analyser(kb_name: str, recorded: str | None, chunk_count: int) -> None:
+    """Refuse a KB whose keyword index was cut by another analyser version (`recorded` None with chunks: indexed
+    before versions were recorded, i.e. version 1): its terms and today's question terms would not match."""
+    from kb_qa.store.errors import AnalyserMismatch
+
+    if chunk_count and (recorded or "1") != ANALYSER_VERSION:
+        raise AnalyserMismatch(
+            f"knowledge base {kb_name!r} was keyword-indexed with term analyser version {recorded or '1'}, this "
+            f"version of kb_qa uses {ANALYSER_VERSION}: run `kb-qa kb repair {kb_name}` (re-cuts the terms from the "
+            f"stored texts, nothing re-embedded) or re-ingest it with --rebuild")

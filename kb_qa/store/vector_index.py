@@ -114,15 +114,17 @@ def read_index(path: Path, expected_sha256: str | None, expected_count: int, dim
 
 
 def remove_stale_files(folder: Path, keep_generation: int) -> None:
-    """Delete index files of other generations than `keep_generation` (0: keep none) and temporary files."""
-    for path in folder.iterdir():
-        match = _INDEX_FILE.match(path.name)
-        stale = (match and int(match.group(1)) != keep_generation) or path.name.endswith(".faiss.tmp")
-        if stale:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+    """Remove index files of other generations than `keep_generation` (0: keep none) and temporary files.
+    Never fails: it runs after a commit (which stands) or while reporting another error; what cannot be removed
+    now, the next writer removes."""
+    try:
+        for path in folder.iterdir():
+            match = _INDEX_FILE.match(path.name)
+            stale = (match and int(match.group(1)) != keep_generation) or path.name.endswith(".faiss.tmp")
+            if stale:
+                path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove stale index files in %s (%s); the next writer will", folder, exc)
 
 
 def from_vectors(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):

@@ -9,7 +9,7 @@ consistent (vector count == chunk rows).
 
 from __future__ import annotations
 
-import errno
+import functools
 import os
 import sqlite3
 from typing import TYPE_CHECKING
@@ -25,8 +25,11 @@ from kb_qa.store.errors import (
     KnowledgeBaseError,
     KnowledgeBaseNotFound,
     StorageError,
+    is_io_error,
+    storage_error,
 )
-from kb_qa.store.terms import fts_document
+from kb_qa.store.errors import is_disk_full as _is_disk_full
+from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, check_analyser, fts_document
 
 if TYPE_CHECKING:
     from kb_qa.store.knowledge_base import KnowledgeBase
@@ -67,6 +70,22 @@ def check_identity(conn, kb_name: str, model: str, identity: dict | None) -> Non
             "at the original folder.")
 
 
+def _storing(what: str):
+    """A Writer method whose disk failure rolls the open transaction back and becomes one `StorageError` line."""
+    def decorate(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (OSError, sqlite3.OperationalError) as exc:
+                if not is_io_error(exc):
+                    raise
+                self._rollback_quietly()
+                raise self._storage_error(what, exc) from exc
+        return guarded
+    return decorate
+
+
 class Writer:
     """Accumulates changes in one SQLite transaction; `commit()` makes them durable and visible atomically."""
 
@@ -76,8 +95,9 @@ class Writer:
         if state == "missing":
             raise KnowledgeBaseNotFound(f"knowledge base {kb.name!r} does not exist")
         if state is not None:  # never write through a symlink, into a half-made or a foreign file
-            raise KnowledgeBaseDamaged(kb.problem())
-        self._conn = records.connect(kb._db)
+            raise KnowledgeBaseDamaged(kb._problem_of(state))
+        with kb._io("opening the database for writing"):
+            self._conn = records.connect(kb._db)
         try:
             # A page damaged on disk is found before anything is written on top of it (O(database size)).
             verdict = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)")]
@@ -87,8 +107,11 @@ class Writer:
                     f"nothing was written. Run `kb-qa kb check {kb.name}` and `kb-qa kb repair {kb.name}`, or "
                     f"re-ingest into a new knowledge base")
             records.init_schema(self._conn)
+            ann_generation = int(records.get_meta(self._conn, "ann_generation", "0"))
         except sqlite3.DatabaseError as exc:  # "database disk image is malformed" can also come as an exception
             self._conn.close()
+            if is_io_error(exc):  # the disk failed (full, I/O error, read-only): says nothing about the file
+                raise storage_error(kb.name, "opening the database for writing", exc, kb.path) from exc
             raise KnowledgeBaseDamaged(f"knowledge base {kb.name!r}: the database cannot be read ({exc}); nothing "
                                        f"was written. Run `kb-qa kb check {kb.name}`") from exc
         except BaseException:
@@ -102,30 +125,47 @@ class Writer:
         self._in_tx = False
         self._cleared = False
         # leftovers of a crashed writer or compaction (and index files of the earlier one-file-per-commit format)
-        vector_index.remove_stale_files(kb.path, int(records.get_meta(self._conn, "ann_generation", "0")))
+        vector_index.remove_stale_files(kb.path, ann_generation)
 
     def _begin(self) -> None:
+        self._check_transaction()
         if not self._in_tx:
             self._conn.execute("BEGIN IMMEDIATE")
             self._in_tx = True
             if self.embedding_model is not None and not self._cleared:
                 check_embedding(self._conn, self.kb.name, self.embedding_model, self.dimension)
+            if not self._cleared:  # new terms must not be mixed into an index cut by another analyser
+                check_analyser(self.kb.name, records.get_meta(self._conn, ANALYSER_META_KEY),
+                               records.count_chunks(self._conn))
+
+    def _check_transaction(self) -> None:
+        """SQLite rolls a transaction back by itself after some I/O errors (SQLITE_FULL, SQLITE_IOERR): what this
+        writer did since BEGIN is gone, and a statement now would commit on its own, outside any batch. Refuse."""
+        if self._in_tx and not self._conn.in_transaction:
+            self._rollback_quietly()
+            raise StorageError(f"knowledge base {self.kb.name!r}: the batch in progress was lost (SQLite rolled it "
+                               f"back after an I/O error). Nothing was lost: the previous version is intact. "
+                               f"Run it again")
 
     # -- reading inside the transaction --------------------------------------------------------------------
+    @_storing("reading the records")
     def has_content(self, sha256: str) -> bool:
         self._begin()
         return records.content_exists(self._conn, sha256)
 
+    @_storing("reading the records")
     def document(self, source: str) -> records.DocumentRecord | None:
         self._begin()
         return records.document(self._conn, source)
 
+    @_storing("reading the records")
     def documents(self) -> list[records.DocumentRecord]:
         """Every document as this transaction sees it (its own changes included)."""
         self._begin()
         return records.documents(self._conn)
 
     # -- changes -------------------------------------------------------------------------------------------
+    @_storing("clearing the records for the rebuild")
     def clear(self) -> None:
         """Remove every document (for --rebuild); takes effect at commit, with whatever is added after it."""
         self._cleared = True  # before _begin: a rebuild may switch embedding models
@@ -145,6 +185,8 @@ class Writer:
             self._put_document(source, sha256, size, origin, chunks, vectors)
         except (OSError, sqlite3.OperationalError) as exc:
             self._rollback_quietly()  # the whole uncommitted batch goes: a half-written one must never commit
+            if isinstance(exc, StorageError):
+                raise
             raise self._storage_error(f"storing {source}", exc) from exc
 
     def _put_document(self, source: str, sha256: str, size: int, origin: str | None,
@@ -164,6 +206,7 @@ class Writer:
         if previous is not None and previous.sha256 != sha256:
             self._collect_orphans([previous.sha256])
 
+    @_storing("recording the embedding model")
     def set_embedding_identity(self, identity: dict | None) -> None:
         """The loaded model's {'source', 'weights_sha256'}: refused if the KB holds vectors of other weights,
         recorded with the first vectors (or now, for a KB built before identities were recorded)."""
@@ -192,6 +235,7 @@ class Writer:
                 self._store_identity()
         check_embedding(self._conn, self.kb.name, self.embedding_model, dim)
 
+    @_storing("removing a document")
     def remove_document(self, source: str) -> bool:
         source = validate_doc_path(source)
         self._begin()
@@ -224,19 +268,22 @@ class Writer:
         try:
             self._commit()
         except (OSError, sqlite3.OperationalError, RuntimeError) as exc:
-            if isinstance(exc, KnowledgeBaseError) or (isinstance(exc, RuntimeError) and not _is_io(exc)):
+            if isinstance(exc, StorageError):
+                raise
+            if isinstance(exc, KnowledgeBaseError) or (isinstance(exc, RuntimeError) and not is_io_error(exc)):
                 raise
             self._rollback_quietly()
             raise self._storage_error("committing the changes", exc) from exc
 
     def _storage_error(self, what: str, exc: BaseException) -> StorageError:
-        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc).strip().splitlines()[-1]
-        need = ""
-        if _is_disk_full(exc):
-            size = self.kb._db.stat().st_size // 4  # WAL pages of a large batch, and SQLite's own headroom
-            need = f" Free at least {max(size, 1 << 20) / 2**20:.0f} MiB on {self.kb.path} and run it again."
-        return StorageError(f"knowledge base {self.kb.name!r}: {what} failed: {reason}. Nothing was lost: the "
-                            f"previous version is intact and the temporary files were removed.{need}")
+        need = None
+        if _is_disk_full(exc):  # the database's journal for a large batch, and SQLite's own headroom
+            try:
+                need = max(self.kb._db.stat().st_size // 4, 1 << 20)
+            except OSError:
+                need = None
+        return storage_error(self.kb.name, what, exc, self.kb.path, need_bytes=need, outcome=(
+            "nothing was lost: the previous version is intact and the temporary files were removed"))
 
     def _committed_meta(self, key: str) -> str | None:
         try:
@@ -246,6 +293,7 @@ class Writer:
 
     def _commit(self) -> None:
         conn = self._conn
+        self._check_transaction()
         new_generation = int(records.get_meta(conn, "index_generation", "0")) + 1
         if self._cleared:
             # A rebuild: every reader reloads from the records, and the approximate index (of the old chunks) goes.
@@ -260,7 +308,7 @@ class Writer:
         if self._removed:
             records.add_tombstones(conn, self._removed, new_generation)
         records.set_meta(conn, "index_generation", str(new_generation))
-        records.set_meta(conn, "chunk_count", str(count))  # readers' O(1) N for IDF, and the vector count check
+        self._record_counts(count)
         _crash_point("before-commit")
         conn.execute("COMMIT")
         self._in_tx = False
@@ -270,6 +318,13 @@ class Writer:
         if self._cleared:
             self._cleared = False
             vector_index.remove_stale_files(self.kb.path, 0)
+
+    def _record_counts(self, count: int) -> None:
+        """The meta every commit writes, whatever the backend (subclasses call this too): the chunk count
+        (readers' O(1) N for IDF, and the vector count check) and the analyser version that cut the FTS terms
+        (store.terms)."""
+        records.set_meta(self._conn, "chunk_count", str(count))
+        records.set_meta(self._conn, ANALYSER_META_KEY, ANALYSER_VERSION)
 
     def _rollback(self) -> None:
         if self._in_tx:
@@ -294,17 +349,6 @@ class Writer:
             self._rollback_quietly()
         finally:
             self._conn.close()
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return getattr(exc, "errno", None) == errno.ENOSPC or "no space left" in text or "disk is full" in text
-
-
-def _is_io(exc: BaseException) -> bool:
-    """A faiss/SQLite RuntimeError that is really an I/O failure (faiss reports write errors as RuntimeError)."""
-    text = str(exc).lower()
-    return _is_disk_full(exc) or "write error" in text or "i/o error" in text or "read error" in text
 
 
 def _crash_point(name: str) -> None:

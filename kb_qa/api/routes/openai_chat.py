@@ -102,7 +102,8 @@ def _usage(stats: Generation) -> Usage:
                          "and with `stream_options.include_usage` a final chunk carries `usage`. `system` messages, "
                          "`temperature`, `top_p`, `max_tokens`, `stop` and `seed` are honoured; `n` > 1, `tools`, "
                          "structured `response_format`, `logprobs` and non-text content parts are a 400. Extra "
-                         "`include_sources: true` appends a Markdown 'Sources' block to the answer.",
+                         "`include_sources: true` (default: the api.sources_block setting) appends a Markdown "
+                         "'Sources' block to the answer.",
              responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})
 async def chat_completions(body: ChatCompletionRequest, ctx: Ctx):
     check_supported(body)
@@ -120,10 +121,11 @@ async def chat_completions(body: ChatCompletionRequest, ctx: Ctx):
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     system_fingerprint = fingerprint(ctx.engine.llm_info().detail)
+    show_sources = ctx.app.settings.api.sources_block if body.include_sources is None else body.include_sources
     if not body.stream:
         answer: Answer = await run_blocking(gate, complete, ctx, question, history, kb, params, body.top_k, stats,
                                             system)
-        text = answer.text + (sources_block(answer.sources) if body.include_sources else "")
+        text = answer.text + (sources_block(answer.sources) if show_sources else "")
         return ChatCompletion(
             id=completion_id, created=created, model=body.model, system_fingerprint=system_fingerprint,
             choices=[Choice(message=AssistantMessage(content=text), finish_reason=stats.finish_reason)],
@@ -168,7 +170,7 @@ async def chat_completions(body: ChatCompletionRequest, ctx: Ctx):
             extra["mode"] = answer.mode
             if kb is not None:
                 extra["sources"] = [s.model_dump() for s in sources_out(answer.sources)]
-            if body.include_sources and answer.sources:
+            if show_sources and answer.sources:
                 yield chunk({"content": sources_block(answer.sources)})
         yield chunk({}, stats.finish_reason, **extra)
         if include_usage:

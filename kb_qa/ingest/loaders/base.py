@@ -47,6 +47,14 @@ class SectionBuilder:
             self._lines += ["", *lines, ""]
             self._content = True
 
+    def ocr_text(self, text: str) -> None:
+        """Text recognised from a picture at this point: its own section (marked OCR), the text so far closed
+        before it, the heading kept for what follows."""
+        if not text.strip():
+            return
+        self._close()
+        self._sections.append(Section(text, page=self._page, heading=self._heading, ocr=True))
+
     def _close(self) -> None:
         body = "\n".join(self._lines)
         if body.strip():

@@ -1,7 +1,11 @@
 """DOCX: body paragraphs and tables in order; Heading/Title styles (or outline levels) open a section.
 
 Table rows become 'cell | cell' lines, one line per row (the splitter keeps rows whole and repeats the first
-row, the header, on every chunk of a long table). Headers, footers and comments are left out."""
+row, the header, on every chunk of a long table). Headers, footers and comments are left out.
+
+Pictures in body paragraphs (DrawingML `a:blip`, legacy VML `v:imagedata`) are OCR'd when `ingest.ocr` allows
+(`ocr.EmbeddedPictures` decides which): their text becomes its own section, marked OCR, right after the text of
+the paragraph that holds the picture, under the heading in force."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import io
 import re
 
 from kb_qa.ingest.loaders.base import SectionBuilder
+from kb_qa.ingest.ocr import EmbeddedPictures
 from kb_qa.schema import Section
 
 
@@ -19,6 +24,7 @@ def load_docx(data: bytes, name: str) -> list[Section]:
 
     document = docx.Document(io.BytesIO(data))
     builder = SectionBuilder()
+    pictures = EmbeddedPictures(name)
     for block in document.iter_inner_content():
         if isinstance(block, Paragraph):
             text = block.text
@@ -26,9 +32,24 @@ def load_docx(data: bytes, name: str) -> list[Section]:
                 builder.heading(text.strip())
             else:
                 builder.line(text)
+            if pictures.enabled:
+                for blob in _docx_picture_blobs(block, document.part):
+                    builder.ocr_text(pictures.text(blob))
         elif isinstance(block, Table):
             builder.block(_docx_table_lines(block))
+    pictures.finish()
     return builder.sections()
+
+
+def _docx_picture_blobs(paragraph, part) -> list[bytes]:
+    """Bytes of the pictures a paragraph shows, in document order (links to outside files are not followed)."""
+    blobs = []
+    for rel_id in paragraph._p.xpath(".//a:blip/@r:embed | .//*[local-name()='imagedata']/@r:id"):
+        related = part.related_parts.get(str(rel_id))
+        blob = getattr(related, "blob", None)
+        if blob:
+            blobs.append(blob)
+    return blobs
 
 
 _HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*(\d)$|^(?:title|标题)$", re.IGNORECASE)

@@ -10,6 +10,7 @@ import logging
 
 from kb_qa.ingest.limits import check_pages, current_options
 from kb_qa.ingest.loaders.base import LoadError, shorten
+from kb_qa.ingest.loaders.pdf_images import page_picture
 from kb_qa.ingest.loaders.pdf_tables import pipe_simple_tables
 from kb_qa.ingest.loaders.pdf_text import visible_text
 from kb_qa.ingest.ocr import MIN_TEXT_LAYER_CHARS, ocr_pages, open_image
@@ -70,7 +71,7 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
         if text.strip():
             sections.append(Section(text, page=number, heading=heading))
     if to_ocr:
-        ocr_sections = ocr_pages(((n, _page_images(pages[n - 1], name, n)) for n in to_ocr), len(to_ocr))
+        ocr_sections = ocr_pages(((n, _ocr_pictures(pages[n - 1], reader, name, n)) for n in to_ocr), len(to_ocr))
         sections = sorted(sections + ocr_sections, key=lambda s: s.page or 0)
     if not sections:
         if unreadable == len(pages):
@@ -92,6 +93,17 @@ def _has_images(page) -> bool:
                    xobjects[key].get_object().get("/Subtype") == "/Form" for key in xobjects.get_object())
     except Exception:  # noqa: BLE001 - a damaged resource dictionary: let the image extraction decide
         return True
+
+
+def _ocr_pictures(page, reader, name: str, number: int) -> list:
+    """What to OCR on a page: its images composed in page layout (one picture: a scan split into strips reads
+    as whole lines, in one OCR call), else its images one by one."""
+    try:
+        picture = page_picture(page, reader)
+    except Exception:  # noqa: BLE001 - a content stream pypdf cannot walk: fall back to the images themselves
+        log.debug("%s: page %d could not be composed for OCR", name, number, exc_info=True)
+        picture = None
+    return [picture] if picture is not None else _page_images(page, name, number)
 
 
 def _page_images(page, name: str, number: int) -> list:
