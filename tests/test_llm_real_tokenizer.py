@@ -1,4 +1,5 @@
-"""The real ChatGLM2-6B tokenizer (../shared/models/chatglm2-6b/tokenizer.model, or KB_QA_CHATGLM2_TOKENIZER): exact
+"""The real ChatGLM2-6B tokenizer (../shared/models/chatglm2-6b/tokenizer.model, or the file
+$CHATGLM2_TOKENIZER_MODEL names; not KB_QA_*, which conftest clears): exact
 ids against the published references (CHATGLM2.md, chatglm.cpp's tests), its specials, loading from the file alone
 (no weights), exact packing counts, and the fast `tokenizer.json` that convert writes (for vLLM) giving identical
 ids on every passage of ../shared/eval. Skips, saying why, when the file is absent."""
@@ -15,8 +16,8 @@ from kb_qa.llm.tokenizer import ChatGLM2Tokenizer, build_chat_prompt, load_confi
 from kb_qa.settings import LLMSettings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("KB_QA_SHARED", REPO.parent / "shared"))
-REAL_FILE = Path(os.environ.get("KB_QA_CHATGLM2_TOKENIZER", SHARED / "models" / "chatglm2-6b" / "tokenizer.model"))
+SHARED = REPO.parent / "shared"
+REAL_FILE = Path(os.environ.get("CHATGLM2_TOKENIZER_MODEL", SHARED / "models" / "chatglm2-6b" / "tokenizer.model"))
 EVAL = SHARED / "eval"
 SHA256 = "e7dc4c393423b76e4373e5157ddc34803a0189ba96b21ddbb40269d31468a6f2"
 
