@@ -48,7 +48,7 @@ from kb_qa.webui_text import LANGUAGES, answer_note, question_language, translat
 log = logging.getLogger("kb_qa.webui")
 
 SETTING_KEYS = ("lang", "top_k", "score_threshold", "hybrid", "temperature", "max_new_tokens", "history_rounds")
-POLL_S = 0.5  # how often the progress of a running upload / rebuild is redrawn
+HEARTBEAT_S = 0.25  # a running upload / rebuild is redrawn on each change, and at least this often (seconds)
 STORING_WAIT_S = 10.0  # how long a run waits for the answer a stopped run is still storing (normally ms)
 
 
@@ -116,15 +116,43 @@ def init_session(app, store: ConversationStore) -> None:
 def save_settings(store: ConversationStore) -> None:
     ss = st.session_state
     values = {k: ss.get(k) for k in SETTING_KEYS}
-    if values != ss.get("saved_settings"):
-        store.save_settings(ss.owner, values)
+    if values != ss.get("saved_settings") and saved(lambda: store.save_settings(ss.owner, values)):
         ss.saved_settings = values
 
 
 def save_conversation(store: ConversationStore) -> None:
     ss = st.session_state
     if ss.conversation.turns:
-        store.save(ss.owner, ss.conversation)
+        saved(lambda: store.save(ss.owner, ss.conversation))
+
+
+def save_failures() -> list[str]:
+    """This session's failed saves not shown yet: a list object kept in the session, so a save in a run that is
+    being stopped (no st.* call possible there) can still add to it; main() shows them once at the end."""
+    return st.session_state.setdefault("save_failures", [])
+
+
+def saved(save, failures: list[str] | None = None) -> bool:
+    """Run one save of the page's own files (conversations, ratings, settings). A full disk or an I/O error is
+    one message in the page, never a crash: the conversation stays in the page and what was stored before is
+    intact (kb_qa.conversations writes atomically). `failures`: where to note it (default: this session's)."""
+    try:
+        save()
+        return True
+    except OSError as exc:  # SaveFailed, or any other OS error on the way
+        log.warning("saving failed: %r", exc)
+        (failures if failures is not None else save_failures()).append(error_text(exc))
+        return False
+
+
+def show_save_failures(box) -> None:
+    """The failed saves of this run (and of a stopped one before it), as one message at the top of the page."""
+    failures = save_failures()
+    if failures:
+        latest = list(dict.fromkeys(failures))
+        failures.clear()
+        more = " " + T("Nothing on this page is lost: it is saved again at the next answer or change.")
+        box.error(md_literal(latest[-1] + more), icon=":material/sd_card_alert:")
 
 
 def request_overrides() -> dict:
@@ -381,7 +409,8 @@ def answer_actions(turn: Turn, n: int, *, last: bool, store: ConversationStore) 
         wanted = {0: -1, 1: 1}.get(rating, 0) if rating is not None else turn.rating
         if rating is not None and wanted != turn.rating:
             turn.rating = wanted
-            store.add_feedback(st.session_state.owner, st.session_state.conversation.id, turn, wanted)
+            saved(lambda: store.add_feedback(st.session_state.owner, st.session_state.conversation.id, turn,
+                                             wanted))
             save_conversation(store)
     if last:
         cols[1].button(T("Regenerate"), key=f"regen_{turn.id}", icon=":material/refresh:", type="tertiary",
@@ -395,7 +424,7 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
     # Stop (or any click) stops this run: Streamlit raises StopException at its next st.* call and starts the next
     # run at once, in another thread. From then on every st.* call, st.session_state included, raises again, so
     # what storing the turn needs is taken now, and the next run waits on `storing` before it draws the turns.
-    owner, conversation = ss.owner, ss.conversation
+    owner, conversation, failures = ss.owner, ss.conversation, save_failures()
     storing = ss["storing_answer"] = threading.Event()
     overrides = request_overrides()
     turn = Turn(question=question, kbs=list(kbs), settings=overrides)
@@ -404,10 +433,10 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
     if not conversation.title:
         conversation.title = question
     try:
-        store.save(owner, conversation)
+        saved(lambda: store.save(owner, conversation), failures)
         st.query_params["c"] = conversation.id
         stream_turn(turn, len(conversation.turns) - 1, history, kbs, overrides,
-                    save=lambda: store.save(owner, conversation))
+                    save=lambda: saved(lambda: store.save(owner, conversation), failures))
     finally:
         storing.set()  # stored (or failed to be): the next run may draw it
     st.rerun()  # draw the finished turn the way every earlier one is drawn (actions, rating, sources)
@@ -494,7 +523,8 @@ def _free_gpu_memory(exc: BaseException) -> None:
 # ======================================================================================================
 # Knowledge-base view
 # ======================================================================================================
-def kb_view(app) -> None:
+def kb_view(app):
+    """The knowledge-base view; returns job_progress()'s follow function (or None)."""
     ss = st.session_state
     names = app.kb_names()
     left, right = st.columns([3, 2], gap="large")
@@ -525,14 +555,14 @@ def kb_view(app) -> None:
 
     st.subheader(T("Upload documents"))
     upload_form(app, name)
-    job_progress(name)
+    follow = job_progress(name)
 
     try:
         kb = app.kb(name)
         info, docs = kb.info(), kb.documents()
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
         show_error(exc, f"Opening {name}")
-        return
+        return follow
     with summary:
         st.caption(md_literal(f"{plural(info.documents, 'document')} · {plural(info.chunks, 'chunk')} · "
                               f"embedding model {info.embedding_model or '-'}"))
@@ -573,6 +603,7 @@ def kb_view(app) -> None:
         confirm = st.checkbox(md_literal(f"Yes, delete '{name}'"), key=f"confirm_delete_{name}")
         st.button(T("Delete knowledge base"), type="primary", disabled=not confirm, on_click=delete_kb,
                   args=(app, name))
+    return follow
 
 
 def document_actions(app, name: str, docs) -> None:
@@ -626,30 +657,40 @@ def upload_form(app, name: str) -> None:
         st.warning(T("Choose one or more files first."))
 
 
-def job_progress(name: str) -> None:
-    """The progress of this KB's running job, redrawn every POLL_S by a fragment (a rerun of the fragment only);
-    when it ends, the whole page reruns once to show the new documents. Then the last job's report."""
+def job_progress(name: str):
+    """This KB's running jobs' progress, drawn now into a box of its own, then the last job's report. Returns
+    None, or while a job runs the function main() calls at the very end of the run (so the whole page is drawn
+    first) to follow it: it redraws the box on every change the worker reports (kb_qa.jobs.wait_for_change,
+    not a polling timer, so each file's step is shown however quick) and reruns the page once the job is done."""
     runner = shared_jobs()
-    active = runner.active(name)
+    box = st.empty()
+    version = runner.version()  # read before drawing: a change made meanwhile is drawn by follow()
+    draw_progress(box, runner, name)
+    last = runner.latest(name)
+    if last is not None and not last.active and last.id not in st.session_state.get("dismissed", set()):
+        show_report(runner.snapshot(last))
+    if not runner.active(name):
+        return None
 
-    @st.fragment(run_every=POLL_S if active else None)
-    def progress() -> None:
-        running = runner.active(name)
-        if not running and active:
-            st.rerun(scope="app")  # finished since the page was drawn
-        for job in running:
+    def follow() -> None:
+        seen = version
+        while runner.active(name):
+            seen = runner.wait_for_change(seen, HEARTBEAT_S)
+            draw_progress(box, runner, name)  # also the heartbeat: a click's rerun stops this run at an st call
+        st.rerun()  # done: draw the report and the new documents
+
+    return follow
+
+
+def draw_progress(box, runner, name: str) -> None:
+    with box.container():
+        for job in runner.active(name):
             job = runner.snapshot(job)
             what = "Rebuilding" if job.kind == "rebuild" else "Indexing"
             text = (f"{what} {name}: {job.files_done}/{job.files_total} files · {plural(job.chunks_done, 'chunk')}"
                     + (f" · {job.current}" if job.current and job.kind == "upload" else "")
                     + (" (queued)" if job.state == "queued" else ""))
             st.progress(job.fraction, text=md_literal(text))
-
-    with st.container():  # the fragment's own box: a timed run still pending from an earlier page draw can only
-        progress()        # redraw inside it, never over the report below
-    last = runner.latest(name)
-    if last is not None and not last.active and last.id not in st.session_state.get("dismissed", set()):
-        show_report(runner.snapshot(last))
 
 
 def show_report(job) -> None:
@@ -753,15 +794,20 @@ def main() -> None:
         st.error(md_literal(st.session_state.pop("kb_error")), icon=":material/error:")
     if st.session_state.get("notice"):
         st.toast(md_literal(st.session_state.pop("notice")), icon=":material/check_circle:")
+    save_box = st.empty()  # a failed save's message (shown at the end of the run: saves happen all through it)
     viewing = st.session_state.pop("viewing", None)
     if viewing:
         source_viewer(app, *viewing)
     save_settings(store)
+    follow = None
     if view == "kbs":
-        kb_view(app)
+        follow = kb_view(app)
     else:
         chat_view(app, store)
-    model_state(app, models)  # last: it waits for the language model to load, which the page need not do
+    model_state(app, models)  # it waits for the language model to load, which the page need not do
+    show_save_failures(save_box)
+    if follow is not None:
+        follow()  # last: follows a running upload / rebuild until it is done (a click stops it, as any run)
 
 
 # Streamlit runs this file as "__main__". The parser's worker process (kb_qa.ingest.worker, started with spawn)
