@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from kb_qa.conversations import Conversation, ConversationStore, SourceRecord, Turn, eval_bench, eval_bench_zip
 from kb_qa.jobs import DONE, FAILED, JobRunner, runner_for
 from kb_qa.webui_markdown import safe_link_target, safe_markdown
-from kb_qa.webui_support import highlight_terms, query_terms
+from kb_qa.webui_support import highlight_terms, md_literal, query_terms
 from kb_qa.webui_text import answer_note, question_language
 
 REMOTE = "203.0.113.77"
@@ -186,6 +186,21 @@ def test_highlighting_is_inert_and_finds_the_terms():
     live = re.sub(r":orange-background\[", "", _live(out))
     assert ":red[" not in live and "![" not in live and "](" not in live
     assert query_terms("the and of") == []
+
+
+def _unhighlighted(markdown: str) -> str:
+    return re.sub(r":orange-background\[((?:\\.|[^\]\\])*)\]", r"\1", markdown)
+
+
+def test_latin_terms_highlight_whole_words_only_and_nothing_is_inserted():
+    text = "The solar kettle boils. Kettles, teakettles and kettlesome (kettle) 水壶kettle的 知识库问答"
+    out = highlight_terms(text, "How fast do kettles boil? 知识库")
+    marked = re.findall(r":orange-background\[([^\]]*)\]", out)
+    assert marked == ["kettle", "boils", "Kettles", "kettle", "kettle", "知识库"], out  # plural/singular both
+    assert "teakettles" in out and "kettlesome" in out  # never a part of a longer word ("tea[kettles]")
+    assert _unhighlighted(out) == md_literal(text)  # no space or character added anywhere
+    assert highlight_terms("bosses boss", "boss") == ":orange-background[bosses] :orange-background[boss]"
+    assert re.findall(r"\[([^\]]*)\]", highlight_terms("问答系统的知识库", "知识库")) == ["知识库"]  # CJK: substring
 
 
 # -- conversations, ratings, settings ----------------------------------------------------------------------------
