@@ -523,3 +523,44 @@ def test_kb_creation_options_are_recorded_and_a_model_mismatch_is_explained(page
     create("bad", new_kb_chunk_size=100, new_kb_chunk_overlap=100)
     assert any("must be smaller than the chunk size" in t for t in texts(at.error))
     assert "bad" not in at.selectbox(key="manage_kb").options
+
+
+def test_a_full_disk_is_one_message_and_the_stored_conversation_is_kept(page_env, monkeypatch):
+    """A full disk while the page saves a conversation: one clear message, the script goes on, the conversation
+    stays in the page and the version on disk stays whole; once there is space the next answer saves it all."""
+    import errno
+    import os
+
+    import kb_qa.qa.chain
+    from kb_qa.conversations import ConversationStore
+
+    def fake_stream_answer(chain, question, history=(), kbs=None, *, overrides=None, files=None, on_sources=None):
+        from kb_qa.schema import Answer
+
+        yield "ok"
+        yield Answer(question, "ok", [], mode="no-answer")
+
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", fake_stream_answer)
+    at = open_page()
+    create_kb(at, "kb")
+    ask(at, "first")
+    assert not at.error
+    owner, conv_id = at.session_state.owner, at.session_state.conversation.id
+    store = ConversationStore(page_env / "vector_store" / ".webui")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as full:
+        full.setattr(os, "fsync", disk_full)  # every fsync fails: the disk stays full for the whole question
+        ask(at, "second")  # checked(): no exception reached the script
+        errors = texts(at.error)
+        assert len(errors) == 1, errors
+        assert errors[0].startswith("Saving the conversation failed: No space left on device"), errors
+        assert "intact" in errors[0] and "Nothing on this page is lost" in errors[0]
+    assert [t.question for t in at.session_state.conversation.turns] == ["first", "second"]  # still in the page
+    assert [t.question for t in store.load(owner, conv_id).turns] == ["first"]  # the stored one, whole
+    assert not list(store.root.rglob(".tmp-*"))
+    ask(at, "third")  # space again: no message, and everything the page kept is stored
+    assert not at.error
+    assert [t.question for t in store.load(owner, conv_id).turns] == ["first", "second", "third"]
