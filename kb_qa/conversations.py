@@ -16,7 +16,7 @@ that the earlier version is intact; the page shows it and goes on (the conversat
 `eval_bench(feedback)` turns 👍 answers into a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv) for
 `python -m kb_qa.eval --bench DIR`: each liked question with the passages its answer cited as the gold passages.
 
-Deliberately not here: Streamlit (webui.py), the question-answering chain (kb_qa.qa).
+Deliberately not here: Streamlit (kb_qa.webui), the question-answering chain (kb_qa.qa).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Uploads are ingested file by file (each file is saved and committed on its own),
 each one is done, a failure costs only that file, and everything finished before a crash is kept. A rebuild is
 one `App.ingest(..., rebuild=True)` call; its progress follows the pipeline's per-commit `on_file` reports.
 
-Deliberately not here: what ingestion does (kb_qa.app / kb_qa.ingest) and how progress is drawn (webui.py).
+Deliberately not here: what ingestion does (kb_qa.app / kb_qa.ingest) and how progress is drawn (kb_qa.webui.progress).
 """
 
 from __future__ import annotations

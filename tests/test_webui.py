@@ -1,4 +1,4 @@
-"""The Streamlit page (webui.py) and its pure helpers (kb_qa/webui_support.py).
+"""The Streamlit page (webui.py) and its pure helpers (kb_qa/webui/support.py).
 
 Helpers: untrusted text is escaped so Streamlit's Markdown shows it verbatim and inert. Page: driven through
 streamlit.testing.v1.AppTest (webui.py runs in this process, no browser; tests/test_webui_browser.py has the real
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiny_chatglm2 import tiny_dir, tiny_tokenizer_model  # noqa: F401 - pytest fixtures
 
-from kb_qa.webui_support import (
+from kb_qa.webui.support import (
     LiteralStream,
     Turn,
     conversation_markdown,
@@ -362,7 +362,7 @@ def test_retrieval_only_clear_and_export(page_env):
     assert passage.strip() and passage.strip()[:40] not in shown  # the passage is shown once: as its source
 
     exported = at.session_state.conversation.turns
-    from kb_qa.webui_support import conversation_markdown
+    from kb_qa.webui.support import conversation_markdown
 
     md = conversation_markdown(exported)
     assert "What grounds answers in documents" in md.replace("\\", "") and "sample.md" in md.replace("\\", "")

@@ -1,4 +1,4 @@
-"""Small pure helpers for the Streamlit page (webui.py): safe rendering of untrusted text, display rows, export.
+"""Small pure helpers for the Streamlit page (kb_qa.webui): safe rendering of untrusted text, display rows, export.
 
 Everything a user's document or the model says is untrusted. Streamlit renders `st.markdown`, `st.write_stream`,
 expander labels, alerts and toasts as Markdown, and Markdown images (`![](http://host/x.png)`) make the browser
