@@ -23,7 +23,7 @@ def sidebar(app, store: ConversationStore):
     with st.sidebar:
         st.title(":material/menu_book: kb_qa")
         st.caption(T("Ask questions about your own documents."))
-        st.segmented_control(T("Interface language"), list(LANGUAGES), format_func=LANGUAGES.get, key="lang",
+        st.segmented_control(T("Interface language"), list(LANGUAGES), format_func=LANGUAGES.__getitem__, key="lang",
                              required=True)
         names = app.kb_names()
         st.multiselect(T("Knowledge bases to ask"), names, key="ask_kbs",
