@@ -5,24 +5,33 @@ Layout under `root` (the page uses `<paths.vector_store_root>/.webui/`, which no
   users/<owner>/settings.json             the sidebar's settings and interface language
   feedback.jsonl                          one line per 👍/👎: question, answer, sources, settings, rating
 `owner` is a browser session's random key (kept in the page's URL) or a name the user types; it is reduced to a
-safe folder name, so no owner can reach outside `root`. Files are written atomically (temporary file + rename).
+safe folder name, so no owner can reach outside `root`.
+
+A full disk or an I/O error never costs what was stored before: a JSON file is written to a temporary file,
+fsynced and renamed over the old one (the old one stays whole until the rename), and a rating is appended in one
+write, fsynced, and cut back off if anything fails (no half line is left for the next one to be glued to). Either
+failure raises `SaveFailed` (a `StorageError`, an `OSError`): one line naming what could not be saved, why, and
+that the earlier version is intact; the page shows it and goes on (the conversation stays in the page).
 
 `eval_bench(feedback)` turns 👍 answers into a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv) for
 `python -m kb_qa.eval --bench DIR`: each liked question with the passages its answer cited as the gold passages.
 
-Deliberately not here: Streamlit (webui.py), the question-answering chain (kb_qa.qa).
+Deliberately not here: Streamlit (kb_qa.webui), the question-answering chain (kb_qa.qa).
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterable
@@ -30,6 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kb_qa.errors import StorageError
 from kb_qa.schema import source_label
 
 _OWNER = re.compile(r"[^\w.-]+", re.UNICODE)
@@ -106,9 +116,15 @@ class Conversation:
         return (title[:48] + "…") if len(title) > 48 else title
 
 
+class SaveFailed(StorageError):
+    """Writing a conversation, a rating or the settings failed (disk full, I/O error); the version stored before
+    is intact. `str()` is the one line to show."""
+
+
 class ConversationStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._append_lock = threading.Lock()  # one rating appended at a time (sessions share the store)
 
     # -- conversations -----------------------------------------------------------------------------------
     def _folder(self, owner: str) -> Path:
@@ -118,7 +134,7 @@ class ConversationStore:
         if not _ID.match(conversation.id):
             raise ValueError(f"bad conversation id {conversation.id!r}")
         conversation.updated = time.time()
-        _write_json(self._folder(owner) / f"{conversation.id}.json", asdict(conversation))
+        _write_json(self._folder(owner) / f"{conversation.id}.json", asdict(conversation), what="the conversation")
 
     def load(self, owner: str, conversation_id: str) -> Conversation | None:
         if not _ID.match(conversation_id or ""):
@@ -149,7 +165,7 @@ class ConversationStore:
         return data if isinstance(data, dict) else {}
 
     def save_settings(self, owner: str, values: dict[str, Any]) -> None:
-        _write_json(self.root / "users" / safe_owner(owner) / "settings.json", values)
+        _write_json(self.root / "users" / safe_owner(owner) / "settings.json", values, what="your settings")
 
     # -- feedback ----------------------------------------------------------------------------------------
     @property
@@ -161,17 +177,22 @@ class ConversationStore:
                   "turn": turn.id, "rating": int(rating), "question": turn.question, "query": turn.query,
                   "answer": turn.answer, "mode": turn.mode, "kbs": list(turn.kbs), "settings": dict(turn.settings),
                   "sources": [asdict(s) for s in turn.sources]}
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.feedback_path, "a", encoding="utf-8") as handle:  # one line per record: appends are whole
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._append_lock:
+            try:
+                _append_line(self.root, self.feedback_path, line)
+            except OSError as exc:
+                raise save_failed("your rating", self.feedback_path, exc) from exc
         return record
 
     def feedback(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
         """Every rating, the latest per (conversation, turn) winning (a user may change their mind)."""
-        if not self.feedback_path.is_file():
+        try:
+            text = self.feedback_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:  # none yet, or unreadable: nothing to offer for download
             return []
         latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for line in self.feedback_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -210,16 +231,90 @@ def eval_bench_zip(feedback: Iterable[dict[str, Any]], folder: str = "kb_qa-feed
     return buffer.getvalue()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+def save_failed(what: str, path: Path, exc: OSError) -> SaveFailed:
+    """The one line for a failed save: what, why, that the earlier version is kept, and for a full disk how much
+    space is left where."""
+    reason = (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
+    folder = path.parent
+    hint = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = f" ({shutil.disk_usage(probe).free / 2**20:.0f} MiB free now)"
+        except OSError:
+            free = ""
+        hint = f" Free some space on {folder}{free}."
+    return SaveFailed(f"Saving {what} failed: {reason} (in {folder}). What was saved before is intact.{hint}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_json(path: Path, data: Any, *, what: str = "the file") -> None:
+    """Write `data` as JSON to `path` atomically: a temporary file beside it, fsynced, renamed over it (so a full
+    disk or a crash leaves the old file whole), then the folder fsynced (so the rename survives a power cut).
+    Raises SaveFailed; the temporary file is removed."""
+    payload = json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")  # a bug (unserialisable) raises here
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, indent=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+        try:
+            _write_all(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        raise save_failed(what, path, exc) from exc
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # best effort: a leftover .tmp- file is never read
+
+
+def _append_line(root: Path, path: Path, line: bytes) -> None:
+    """Append one whole line to `path`, fsynced. On failure the file is cut back to where it was, so no half line
+    is left; a half line an older crash left is ended first, so this one is not glued to it."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # the reader skips a line it cannot parse
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not possible on this system: the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the file itself was fsynced
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: Path) -> Any:

@@ -9,7 +9,7 @@ Uploads are ingested file by file (each file is saved and committed on its own),
 each one is done, a failure costs only that file, and everything finished before a crash is kept. A rebuild is
 one `App.ingest(..., rebuild=True)` call; its progress follows the pipeline's per-commit `on_file` reports.
 
-Deliberately not here: what ingestion does (kb_qa.app / kb_qa.ingest) and how progress is drawn (webui.py).
+Deliberately not here: what ingestion does (kb_qa.app / kb_qa.ingest) and how progress is drawn (kb_qa.webui.progress).
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class JobRunner:
         self._jobs: list[Job] = []
         self._queue: queue.Queue[tuple[Job, Callable[[Job], None]]] = queue.Queue()
         self._lock = threading.Lock()  # guards _jobs and every Job's fields while the page reads them
+        self._changed = threading.Condition(self._lock)  # notified on every change (the page redraws on it)
+        self._version = 0  # how many changes so far (see wait_for_change)
         self._ids = itertools.count(1)
         self._idle = threading.Event()
         self._idle.set()
@@ -146,6 +148,23 @@ class JobRunner:
         with self._lock:
             return Job(**{**vars(job), "outcomes": list(job.outcomes)})
 
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        """Block until something changed after version `since` (a job queued, started, a file done, a job
+        finished) or `timeout` seconds passed; returns the current version. The page redraws on each change
+        instead of polling on a timer, so every step of the progress is shown however fast the steps come."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != since, timeout)
+            return self._version
+
+    def _bump(self) -> None:
+        """Count one change and wake the waiting pages (call with self._lock held)."""
+        self._version += 1
+        self._changed.notify_all()
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every submitted job has finished (tests, shutdown); False on timeout."""
         return self._idle.wait(timeout)
@@ -158,6 +177,7 @@ class JobRunner:
             finished = [j for j in self._jobs if not j.active]
             for old in finished[:-KEEP_FINISHED]:
                 self._jobs.remove(old)
+            self._bump()
             return job
 
     def _enqueue(self, job: Job, work: Callable[[Job], None]) -> None:
@@ -169,6 +189,7 @@ class JobRunner:
             job, work = self._queue.get()
             with self._lock:
                 job.state, job.started = RUNNING, time.time()
+                self._bump()
             try:
                 work(job)
                 state, error = DONE, None
@@ -178,6 +199,7 @@ class JobRunner:
                 state, error = FAILED, error_text(exc)
             with self._lock:
                 job.state, job.error, job.finished, job.current = state, error, time.time(), ""
+                self._bump()
             self._queue.task_done()
             if self._queue.unfinished_tasks == 0:
                 self._idle.set()
@@ -189,6 +211,7 @@ class JobRunner:
             job.chunks_done += int(outcome.chunks or 0) if outcome.status in ("added", "updated") else 0
             if counts_as_file:
                 job.files_done += 1
+            self._bump()
 
     def _run_upload(self, job: Job, files: list[tuple[str, bytes]]) -> None:
         for i in range(len(files)):
@@ -196,6 +219,7 @@ class JobRunner:
             files[i] = (name, b"")  # free the bytes once handed on (uploads can be large)
             with self._lock:
                 job.current = name
+                self._bump()
             before = len(job.outcomes)
             try:
                 report = self.app.add_uploads(job.kb, [(name, data)], lock_timeout_s=LOCK_TIMEOUT_S)
@@ -207,10 +231,12 @@ class JobRunner:
                 self._record(job, outcome, counts_as_file=False)
             with self._lock:
                 job.files_done += 1 if len(job.outcomes) > before else 0
+                self._bump()
 
     def _run_rebuild(self, job: Job, folder) -> None:
         with self._lock:
             job.current = str(folder)
+            self._bump()
         self.app.ingest(job.kb, [folder], rebuild=True, lock_timeout_s=LOCK_TIMEOUT_S,
                         on_file=lambda outcome: self._record(job, outcome))
 

@@ -1,4 +1,4 @@
-"""The Streamlit page (webui.py) and its pure helpers (kb_qa/webui_support.py).
+"""The Streamlit page (webui.py) and its pure helpers (kb_qa/webui/support.py).
 
 Helpers: untrusted text is escaped so Streamlit's Markdown shows it verbatim and inert. Page: driven through
 streamlit.testing.v1.AppTest (webui.py runs in this process, no browser; tests/test_webui_browser.py has the real
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiny_chatglm2 import tiny_dir, tiny_tokenizer_model  # noqa: F401 - pytest fixtures
 
-from kb_qa.webui_support import (
+from kb_qa.webui.support import (
     LiteralStream,
     Turn,
     conversation_markdown,
@@ -362,7 +362,7 @@ def test_retrieval_only_clear_and_export(page_env):
     assert passage.strip() and passage.strip()[:40] not in shown  # the passage is shown once: as its source
 
     exported = at.session_state.conversation.turns
-    from kb_qa.webui_support import conversation_markdown
+    from kb_qa.webui.support import conversation_markdown
 
     md = conversation_markdown(exported)
     assert "What grounds answers in documents" in md.replace("\\", "") and "sample.md" in md.replace("\\", "")
@@ -523,3 +523,44 @@ def test_kb_creation_options_are_recorded_and_a_model_mismatch_is_explained(page
     create("bad", new_kb_chunk_size=100, new_kb_chunk_overlap=100)
     assert any("must be smaller than the chunk size" in t for t in texts(at.error))
     assert "bad" not in at.selectbox(key="manage_kb").options
+
+
+def test_a_full_disk_is_one_message_and_the_stored_conversation_is_kept(page_env, monkeypatch):
+    """A full disk while the page saves a conversation: one clear message, the script goes on, the conversation
+    stays in the page and the version on disk stays whole; once there is space the next answer saves it all."""
+    import errno
+    import os
+
+    import kb_qa.qa.chain
+    from kb_qa.conversations import ConversationStore
+
+    def fake_stream_answer(chain, question, history=(), kbs=None, *, overrides=None, files=None, on_sources=None):
+        from kb_qa.schema import Answer
+
+        yield "ok"
+        yield Answer(question, "ok", [], mode="no-answer")
+
+    monkeypatch.setattr(kb_qa.qa.chain.QAChain, "stream_answer", fake_stream_answer)
+    at = open_page()
+    create_kb(at, "kb")
+    ask(at, "first")
+    assert not at.error
+    owner, conv_id = at.session_state.owner, at.session_state.conversation.id
+    store = ConversationStore(page_env / "vector_store" / ".webui")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as full:
+        full.setattr(os, "fsync", disk_full)  # every fsync fails: the disk stays full for the whole question
+        ask(at, "second")  # checked(): no exception reached the script
+        errors = texts(at.error)
+        assert len(errors) == 1, errors
+        assert errors[0].startswith("Saving the conversation failed: No space left on device"), errors
+        assert "intact" in errors[0] and "Nothing on this page is lost" in errors[0]
+    assert [t.question for t in at.session_state.conversation.turns] == ["first", "second"]  # still in the page
+    assert [t.question for t in store.load(owner, conv_id).turns] == ["first"]  # the stored one, whole
+    assert not list(store.root.rglob(".tmp-*"))
+    ask(at, "third")  # space again: no message, and everything the page kept is stored
+    assert not at.error
+    assert [t.question for t in store.load(owner, conv_id).turns] == ["first", "second", "third"]

@@ -1,5 +1,5 @@
 """The web page's parts that need no page: the background ingestion worker (kb_qa.jobs), safe Markdown for answers
-(kb_qa.webui_markdown), conversation / rating storage (kb_qa.conversations), question language (kb_qa.webui_text).
+(kb_qa.webui.markdown), conversation / rating storage (kb_qa.conversations), question language (kb_qa.webui.text).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from kb_qa.conversations import Conversation, ConversationStore, SourceRecord, Turn, eval_bench, eval_bench_zip
 from kb_qa.jobs import DONE, FAILED, JobRunner, runner_for
-from kb_qa.webui_markdown import safe_link_target, safe_markdown
-from kb_qa.webui_support import highlight_terms, query_terms
-from kb_qa.webui_text import answer_note, question_language
+from kb_qa.webui.markdown import safe_link_target, safe_markdown
+from kb_qa.webui.support import highlight_terms, md_literal, query_terms
+from kb_qa.webui.text import answer_note, question_language
 
 REMOTE = "203.0.113.77"
 
@@ -88,6 +88,36 @@ def test_progress_moves_while_a_job_runs(tmp_path):
         fractions.append(runner.snapshot(job).fraction)
     assert runner.wait_idle(10)
     assert fractions == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_a_waiting_page_is_woken_by_every_step(tmp_path):
+    """wait_for_change returns on each step of a job (what the page redraws on), not after a timer: each file's
+    commit is seen on its own while the next one is still held."""
+    release = [threading.Event() for _ in range(3)]
+    started = []
+
+    class Stepwise(FakeApp):
+        def add_uploads(self, name, files, **kwargs):
+            started.append(files[0][0])
+            assert release[len(started) - 1].wait(10)
+            return super().add_uploads(name, files, **kwargs)
+
+    runner = JobRunner(Stepwise(tmp_path))
+    version = runner.version()
+    job = runner.submit_upload("kb", [(f"{i}.md", b"x") for i in range(3)])
+    seen = []
+    for event in release:
+        event.set()
+        while runner.snapshot(job).files_done == len(seen):
+            before = version
+            version = runner.wait_for_change(version, 10)
+            assert version != before, "no change reported within 10 s"
+        seen.append(runner.snapshot(job).files_done)
+    assert seen == [1, 2, 3]
+    while runner.snapshot(job).active:  # the job's end is a change too
+        version = runner.wait_for_change(version, 10)
+    assert runner.snapshot(job).state == DONE
+    assert runner.wait_for_change(version, 0.05) == version  # nothing happens: it times out, same version
 
 
 def test_a_failing_job_says_why_and_the_worker_goes_on(tmp_path):
@@ -186,6 +216,21 @@ def test_highlighting_is_inert_and_finds_the_terms():
     live = re.sub(r":orange-background\[", "", _live(out))
     assert ":red[" not in live and "![" not in live and "](" not in live
     assert query_terms("the and of") == []
+
+
+def _unhighlighted(markdown: str) -> str:
+    return re.sub(r":orange-background\[((?:\\.|[^\]\\])*)\]", r"\1", markdown)
+
+
+def test_latin_terms_highlight_whole_words_only_and_nothing_is_inserted():
+    text = "The solar kettle boils. Kettles, teakettles and kettlesome (kettle) 水壶kettle的 知识库问答"
+    out = highlight_terms(text, "How fast do kettles boil? 知识库")
+    marked = re.findall(r":orange-background\[([^\]]*)\]", out)
+    assert marked == ["kettle", "boils", "Kettles", "kettle", "kettle", "知识库"], out  # plural/singular both
+    assert "teakettles" in out and "kettlesome" in out  # never a part of a longer word ("tea[kettles]")
+    assert _unhighlighted(out) == md_literal(text)  # no space or character added anywhere
+    assert highlight_terms("bosses boss", "boss") == ":orange-background[bosses] :orange-background[boss]"
+    assert re.findall(r"\[([^\]]*)\]", highlight_terms("问答系统的知识库", "知识库")) == ["知识库"]  # CJK: substring
 
 
 # -- conversations, ratings, settings ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small pure helpers for the Streamlit page (webui.py): safe rendering of untrusted text, display rows, export.
+"""Small pure helpers for the Streamlit page (kb_qa.webui): safe rendering of untrusted text, display rows, export.
 
 Everything a user's document or the model says is untrusted. Streamlit renders `st.markdown`, `st.write_stream`,
 expander labels, alerts and toasts as Markdown, and Markdown images (`![](http://host/x.png)`) make the browser
@@ -231,14 +231,27 @@ def query_terms(query: str) -> list[str]:
     return sorted(terms, key=len, reverse=True)
 
 
+_WORD_CHAR = "A-Za-z0-9\u00c0-\u024f"  # Latin letters (accented too) and digits: what a Latin word is made of
+
+
+def term_pattern(term: str) -> str:
+    """A regex for one highlight term. A Latin word matches whole words only (never inside a longer word, which
+    would render as a split 'kettle s'), with or without a plural s/es, so "kettles" finds "kettle" too; a CJK
+    term, which has no word boundaries, matches anywhere."""
+    if not re.match(f"[{_WORD_CHAR}]", term):
+        return re.escape(term)
+    stem = term[:-1] if len(term) > 3 and term.endswith("s") and not term.endswith("ss") else term
+    return f"(?<![{_WORD_CHAR}]){re.escape(stem)}(?:s|es)?(?![{_WORD_CHAR}])"
+
+
 def highlight_terms(text: str, query: str) -> str:
     """`text` escaped like md_literal, with the query's words highlighted by a Streamlit colour directive that
     we write (`:orange-background[...]`). The text inside is escaped, so it can neither close the directive nor
-    open one of its own."""
+    open one of its own; nothing else is added (no spaces): without the directives it is md_literal(text)."""
     terms = query_terms(query)
     if not terms or not text:
         return md_literal(text)
-    pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
+    pattern = re.compile("|".join(term_pattern(t) for t in terms), re.IGNORECASE)
     escaper, out, last = LiteralStream(), [], 0
     for m in pattern.finditer(text):
         out.append(escaper.feed(text[last:m.start()]))

@@ -44,6 +44,8 @@ ZH = {
     "Copy": "复制",
     "Sources": "来源",
     "Searched for: {query}": "检索语句：{query}",
+    "Nothing on this page is lost: it is saved again at the next answer or change.":
+        "本页内容没有丢失：下次回答或更改时会再次保存。",
     "View source": "查看来源",
     "Download the original": "下载原文件",
     "The original file is not in the knowledge base folder.": "原文件不在知识库文件夹中。",

@@ -1,6 +1,6 @@
 """Model answers rendered as Markdown, safely: parsed, filtered, and written back as Markdown Streamlit shows inert.
 
-ChatGLM2 answers in Markdown (bold, lists, tables, code), so showing it escaped (kb_qa.webui_support.md_literal)
+ChatGLM2 answers in Markdown (bold, lists, tables, code), so showing it escaped (kb_qa.webui.support.md_literal)
 is unreadable. `safe_markdown` parses the answer with markdown-it-py (CommonMark + tables + strikethrough, raw
 HTML off) and re-emits only a known set of constructs, with every piece of text escaped by md_literal:
   kept      paragraphs, headings (shown at level 4 and below), lists, block quotes, code spans and blocks,
@@ -11,7 +11,7 @@ HTML off) and re-emits only a known set of constructs, with every piece of text 
             emoji shortcodes, bare-URL autolinks (md_literal escapes all ASCII punctuation)
 `[n]` citations (1 <= n <= the number of sources) become links to the page anchor of the answer's sources.
 
-Deliberately not here: Streamlit calls (webui.py draws), HTML output (the page never renders raw HTML).
+Deliberately not here: Streamlit calls (the page modules draw), HTML output (the page never renders raw HTML).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
-from kb_qa.webui_support import LiteralStream, fence, md_literal
+from kb_qa.webui.support import LiteralStream, fence, md_literal
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _SAFE_SCHEMES = {"http", "https", "mailto"}
