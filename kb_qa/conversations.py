@@ -29,7 +29,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
 import threading
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from kb_qa.errors import StorageError
+from kb_qa.paths import free_bytes
 from kb_qa.schema import source_label
 
 _OWNER = re.compile(r"[^\w.-]+", re.UNICODE)
@@ -238,13 +238,8 @@ def save_failed(what: str, path: Path, exc: OSError) -> SaveFailed:
     folder = path.parent
     hint = ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        probe = folder
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        try:
-            free = f" ({shutil.disk_usage(probe).free / 2**20:.0f} MiB free now)"
-        except OSError:
-            free = ""
+        free_now = free_bytes(folder)
+        free = f" ({free_now / 2**20:.0f} MiB free now)" if free_now is not None else ""
         hint = f" Free some space on {folder}{free}."
     return SaveFailed(f"Saving {what} failed: {reason} (in {folder}). What was saved before is intact.{hint}")
 

@@ -7,6 +7,7 @@ is relative to its knowledge base. Both must never reach outside their root, wha
 from __future__ import annotations
 
 import re
+import shutil
 import unicodedata
 from pathlib import Path, PurePosixPath
 
@@ -66,3 +67,15 @@ def safe_join(root: Path, relative: str) -> Path:
     if target != root_resolved and root_resolved not in target.parents:
         raise InvalidName(f"document path {relative!r} resolves outside its knowledge base")
     return target
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free space (bytes) on the file system that holds `folder`, or would hold it once created (the nearest
+    existing parent is asked); None when even that cannot be read."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None

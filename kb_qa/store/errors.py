@@ -7,11 +7,11 @@ rather than damage or a bug."""
 from __future__ import annotations
 
 import errno
-import shutil
 import sqlite3
 from pathlib import Path
 
 from kb_qa.errors import BusyError, KbQaError, NotFoundError, StorageError, UsageError
+from kb_qa.paths import free_bytes
 
 
 class KnowledgeBaseError(KbQaError, RuntimeError):
@@ -74,13 +74,8 @@ def reason_of(exc: BaseException) -> str:
 
 def free_space_hint(folder: Path, need_bytes: int | None = None) -> str:
     """' Free at least N MiB on FOLDER (M MiB free now) and run it again.' (the parts that can be known)."""
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = f" ({shutil.disk_usage(probe).free / 2**20:.0f} MiB free now)"
-    except OSError:
-        free = ""
+    free_now = free_bytes(folder)
+    free = f" ({free_now / 2**20:.0f} MiB free now)" if free_now is not None else ""
     amount = f"at least {max(need_bytes, 1 << 20) / 2**20:.0f} MiB " if need_bytes is not None else "space "
     return f" Free {amount}on {folder}{free} and run it again."
 
@@ -88,13 +83,8 @@ def free_space_hint(folder: Path, need_bytes: int | None = None) -> str:
 def _nearly_full(folder: Path) -> bool:
     """Less than 1 MiB free: on a full disk SQLite reports "disk I/O error" even for reading (it cannot create
     the WAL's shared-memory file), so the free space says what the message cannot."""
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free < 1 << 20
-    except OSError:
-        return False
+    free_now = free_bytes(folder)
+    return free_now is not None and free_now < 1 << 20
 
 
 def storage_error(kb_name: str, what: str, exc: BaseException, folder: Path, *,
