@@ -202,9 +202,10 @@ def test_xlsx_claiming_16384_columns_is_refused_at_its_first_row_not_parsed_for_
 
 
 def _ingest(tmp_path, files: dict[str, bytes], embedder, **ingest_settings):
+    from conftest import make_app
+
     from kb_qa.ingest.pipeline import ingest
     from kb_qa.settings import load_settings
-    from conftest import make_app
 
     settings = load_settings(overrides={
         "paths": {"knowledge_base_root": str(tmp_path / "kb"), "vector_store_root": str(tmp_path / "vs")},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import re
 
-from kb_qa.ingest.limits import check_columns, current_options
+from kb_qa.ingest.limits import current_options
 from kb_qa.ingest.loaders.base import LoadError, SectionBuilder
 from kb_qa.ingest.ocr import EmbeddedPictures
 from kb_qa.schema import Section
