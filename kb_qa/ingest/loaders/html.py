@@ -47,8 +47,9 @@ _ROW_TAGS = re.compile(r"<(t[dhr]|/?table)[\s/>]", re.IGNORECASE)
 def _check_row_tags(markup: str, name: str) -> None:
     """Refuse a page with a table row of more cells than ingest.max_table_columns, counted in the markup before
     it is parsed: BeautifulSoup costs ~1 KB and ~45 us per tag, so one row of 10^6 cells (10 MB of HTML) would
-    take 45 s and 1.1 GB before any check on the parsed rows could run. Here empty cells count too; a nested
-    table starts a new count (its own rows), so the enclosing row is, if anything, undercounted."""
+    take 45 s and 1.1 GB before any check on the parsed rows could run. Here empty cells (and cell tags inside
+    scripts or comments) count too; a nested table starts a new count (its own rows), so the enclosing row is,
+    if anything, undercounted."""
     limit = current_options.get().limits.max_table_columns
     rows = cells = 0
     for match in _ROW_TAGS.finditer(markup):
