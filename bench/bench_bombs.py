@@ -141,10 +141,10 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _single_line(path: Path, mib: int) -> Path:
+def _single_line(path: Path, mib: int, unit: bytes = b"a") -> Path:
     with open(path, "wb") as f:
         for _ in range(mib):
-            f.write(b"a" * MiB)
+            f.write((unit * (MiB // len(unit) + 1))[:MiB])
     return path
 
 
@@ -164,6 +164,10 @@ CASES: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "zip-odt-2gib": ("zip bomb .odt (2 GiB declared)", lambda d: zip_bomb(d / "z.odt", "content.xml", 2048)),
     "zip-epub-2gib": ("zip bomb .epub (2 GiB declared)", lambda d: zip_bomb(d / "z.epub", "OEBPS/c.xhtml", 2048)),
     "txt-200mb-one-line": ("200 MB single-line .txt", lambda d: _single_line(d / "line.txt", 200)),
+    # under max_file_mb and max_chars_per_file: only the chunk limit (before embedding) stops it
+    # (words, not one letter: a 300-letter 'word' is one [UNK] token and embeds 10x faster than text does)
+    "txt-3mib-one-line": ("3 MiB single line of words (~12,600 chunks)",
+                          lambda d: _single_line(d / "line3.txt", 3, b"pallet forklift dock ")),
     "json-nested-100k": ("JSON nested 100,000 levels",
                          lambda d: _write(d / "deep.json", b"[" * 100_000 + b"]" * 100_000)),
     "csv-1e6-columns": ("CSV row of 10^6 columns", lambda d: _write(d / "wide.csv", b",".join([b"c"] * 1_000_000))),

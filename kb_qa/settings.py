@@ -84,7 +84,15 @@ class IngestSettings(Section):
     )
     max_pages_per_file: int = Field(5000, ge=1, description="PDF pages / image frames per file; more is refused.")
     max_chars_per_file: int = Field(10_000_000, ge=1, description="Characters of text per file; more is refused.")
-    max_chunks_per_file: int = Field(20_000, ge=1, description="Chunks per file; more is refused.")
+    max_chunks_per_file: int = Field(
+        10_000, ge=1, description="Chunks per file; more is refused before any is embedded (embedding runs at "
+        "~30-40 chunks/s on 2 CPU cores: 10,000 is ~4-5 min there, seconds on a GPU; ~1,300 pages of dense text)."
+    )
+    max_table_columns: int = Field(
+        2048, ge=2, description="Cells in one table row (CSV/TSV, XLSX, HTML/DOCX/ODT tables), up to its last "
+        "non-empty one; a wider row makes the file refused (such a row is one record of thousands of fields, "
+        "split over hundreds of chunks: data, not text to search)."
+    )
     max_parse_seconds: float = Field(
         300.0, gt=0, description="Wall time to parse one file (OCR included); the parser is stopped beyond it."
     )

@@ -71,16 +71,177 @@ def test_json_nested_100000_levels(tmp_path, worker):
         worker.parse(path, name=path.name)
 
 
-def test_csv_row_with_a_million_columns_is_bounded(tmp_path, worker):
-    path = tmp_path / "wide.csv"
-    path.write_text(",".join(f"c{i}" for i in range(10**6)) + "\n" + ",".join("1" for _ in range(10**6)) + "\n")
-    started = time.perf_counter()
+def _parse_in_fresh_worker(path: Path, limits: str = "") -> dict:
+    """Parse `path` in a ParseWorker started by a fresh interpreter; the refusal, the seconds and the peak RSS of
+    the worker (RUSAGE_CHILDREN: the peak over every child that interpreter waited for, i.e. only that worker)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import json, resource, time
+from kb_qa.ingest.limits import ParseLimits, ParseOptions
+from kb_qa.ingest.loaders import LoadError
+from kb_qa.ingest.worker import ParseWorker
+reason, started = None, time.perf_counter()
+with ParseWorker(ParseOptions(limits=ParseLimits(max_seconds=60, {limits}))) as w:
     try:
-        sections = worker.parse(path, name=path.name)
-        assert sum(len(s.text) for s in sections) <= OPTIONS.limits.max_chars
-    except LoadError as exc:
-        assert "wide.csv" not in exc.reason and exc.reason  # one line, a reason
-    assert time.perf_counter() - started < 30
+        w.parse({str(path)!r}, name={path.name!r})
+    except LoadError as err:
+        reason = err.reason
+print(json.dumps({{"reason": reason, "seconds": time.perf_counter() - started,
+                   "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_csv_row_with_a_million_columns_is_refused_at_that_row(tmp_path):
+    """One row of 10^6 columns (2 MB) used to become 16,000 chunks of 'c | c | c' (minutes of embedding): it is
+    refused by ingest.max_table_columns while the rows are read, in bounded time and memory."""
+    path = tmp_path / "wide.csv"
+    path.write_bytes(b",".join([b"c"] * 10**6))
+    result = _parse_in_fresh_worker(path)
+    assert result["reason"] == ("refused: row 1 has 1,000,000 columns, over the limit of 2,048 per table row "
+                                "(ingest.max_table_columns)"), result
+    assert result["seconds"] < 20, result
+    assert result["children_mib"] < 1024, result  # Linux reports KiB
+
+
+def test_a_wide_row_further_down_is_named_and_trailing_empty_cells_do_not_count(tmp_path):
+    from kb_qa.ingest.loaders import load_bytes
+
+    options = ParseOptions(limits=ParseLimits(max_table_columns=10))
+    narrow = b"a,b,c" + b"," * 50 + b"\n1,2,3" + b"," * 50 + b"\n"  # spreadsheet exports pad rows with commas
+    assert load_bytes(narrow, "padded.csv", options=options)[0].text == "a: 1\nb: 2\nc: 3"
+    wide = b"a,b\n1,2\n" + b",".join([b"x"] * 11) + b"\n"
+    with pytest.raises(LoadError, match=r"row 3 has 11 columns, over the limit of 10 per table row"):
+        load_bytes(wide, "wide.csv", options=options)
+
+
+def _xlsx(path: Path, width: int) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Wide"
+    sheet.append(["id", "name"])
+    sheet.append([1, "forklift"] + [None] * (width - 3) + ["far"])
+    book.save(path)
+    return path
+
+
+def _docx(path: Path, width: int) -> Path:
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("Before the table.")
+    table = document.add_table(rows=2, cols=width)
+    table.cell(0, 0).text, table.cell(1, 0).text = "id", "1"
+    document.save(path)
+    return path
+
+
+def _odt(path: Path, width: int) -> Path:
+    ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:text="urn:oasis:names:tc:'
+          'opendocument:xmlns:text:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"')
+    row = "".join(f"<table:table-cell><text:p>c{j}</text:p></table:table-cell>" for j in range(width))
+    content = (f"<office:document-content {ns}><office:body><office:text><text:p>Before.</text:p><table:table>"
+               f"<table:table-row>{row}</table:table-row></table:table></office:text></office:body>"
+               "</office:document-content>")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mimetype", "application/vnd.oasis.opendocument.text")
+        z.writestr("content.xml", content)
+    return path
+
+
+def _html(path: Path, width: int) -> Path:
+    cells = "".join(f"<td>c{j}</td>" for j in range(width))
+    path.write_text(f"<html><body><p>Before.</p><table><tr><th>a</th><th>b</th></tr><tr>{cells}</tr></table>"
+                    "</body></html>", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("make,ext,message", [
+    (_xlsx, ".xlsx", "sheet 'Wide', row 2 has 40 columns"),
+    (_docx, ".docx", "table 1, row 1 spans 40 columns"),
+    (_odt, ".odt", "a table, row 1 has 40 columns"),
+    (_html, ".html", "table row 2 has 40 cells"),
+])
+def test_other_table_formats_refuse_a_row_over_the_column_limit(tmp_path, make, ext, message):
+    from kb_qa.ingest.loaders import load_bytes
+
+    limit = ParseOptions(limits=ParseLimits(max_table_columns=39))
+    data = make(tmp_path / f"wide{ext}", 40).read_bytes()
+    with pytest.raises(LoadError) as err:
+        load_bytes(data, f"wide{ext}", options=limit)
+    assert err.value.reason == f"refused: {message}, over the limit of 39 per table row (ingest.max_table_columns)"
+    assert load_bytes(data, f"wide{ext}", options=ParseOptions(limits=ParseLimits(max_table_columns=40)))
+
+
+def test_html_row_of_a_million_cells_is_refused_before_the_page_is_parsed(tmp_path):
+    """BeautifulSoup would take ~45 s and 1.1 GB to build 10^6 cells; the markup is counted first."""
+    path = tmp_path / "wide.html"
+    path.write_bytes(b"<html><body><table><tr>" + b"<td>c</td>" * 10**6 + b"</tr></table></body></html>")
+    result = _parse_in_fresh_worker(path)
+    assert result["reason"] == ("refused: table row 1 has 1,000,000 cells, over the limit of 2,048 per table row "
+                                "(ingest.max_table_columns)"), result
+    assert result["seconds"] < 20, result
+    assert result["children_mib"] < 1024, result
+
+
+def test_xlsx_claiming_16384_columns_is_refused_at_its_first_row_not_parsed_for_minutes(tmp_path):
+    from test_ingest_lock import sparse_xlsx  # one cell at A and one at XFD in every row
+
+    path = sparse_xlsx(tmp_path / "sparse.xlsx", 20_000)
+    result = _parse_in_fresh_worker(path)
+    assert result["reason"] == ("refused: sheet 'S', row 1 has 16,384 columns, over the limit of 2,048 per table "
+                                "row (ingest.max_table_columns)"), result
+    assert result["seconds"] < 20, result
+
+
+def _ingest(tmp_path, files: dict[str, bytes], embedder, **ingest_settings):
+    from conftest import make_app
+
+    from kb_qa.ingest.pipeline import ingest
+    from kb_qa.settings import load_settings
+
+    settings = load_settings(overrides={
+        "paths": {"knowledge_base_root": str(tmp_path / "kb"), "vector_store_root": str(tmp_path / "vs")},
+        "llm": {"model_path": None}, "ingest": ingest_settings})
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    app = make_app(settings, embeddings=embedder)
+    kb = app.kb("kb", create=True)
+    report = ingest(kb, [folder], settings.ingest, lambda: embedder, embedding_model=settings.embedding.model)
+    return report, kb
+
+
+def test_wide_csv_fails_alone_in_an_ingest_and_the_rest_is_committed(tmp_path, fake_embedder):
+    report, kb = _ingest(tmp_path, {"wide.csv": b",".join([b"c"] * 10**6),
+                                    "ok.txt": b"The dock opens at seven."}, fake_embedder)
+    outcomes = {o.source: o for o in report.outcomes}
+    assert outcomes["wide.csv"].status == "failed"
+    assert "row 1 has 1,000,000 columns" in outcomes["wide.csv"].reason
+    assert outcomes["ok.txt"].status == "added"
+    assert [d.source for d in kb.documents()] == ["ok.txt"]
+    assert sum(len(c) for c in fake_embedder.calls) == 1  # only ok.txt's chunk was embedded
+
+
+def test_the_chunk_limit_refuses_a_file_before_any_of_it_is_embedded(tmp_path, fake_embedder):
+    """The long-line family: a text that passes the size and character bounds but splits into more chunks than
+    ingest.max_chunks_per_file (minutes of embedding) is refused after splitting, before the embedder runs."""
+    long_line = b"pallet " * 20_000  # 140,000 characters on one line: ~560 chunks of 300
+    report, kb = _ingest(tmp_path, {"line.txt": long_line, "ok.txt": b"The dock opens at seven."},
+                         fake_embedder, max_chunks_per_file=100)
+    outcomes = {o.source: o for o in report.outcomes}
+    assert outcomes["line.txt"].status == "failed"
+    assert "chunks, over the limit of 100 per file (ingest.max_chunks_per_file)" in outcomes["line.txt"].reason
+    assert outcomes["ok.txt"].status == "added"
+    assert sum(len(c) for c in fake_embedder.calls) == 1
 
 
 def test_pdf_with_10000_empty_pages_is_refused_by_the_page_limit(tmp_path):

@@ -197,7 +197,9 @@ def test_two_parses_run_side_by_side_in_worker_processes(tmp_path):
     bomb = sparse_xlsx(tmp_path / "bomb.xlsx", 20_000)  # minutes of parsing; killed at max_seconds
     plain = tmp_path / "plain.txt"
     plain.write_text("Plain text parsed while another parse is stuck.", encoding="utf-8")
-    options = ParseOptions(limits=ParseLimits(max_seconds=20))
+    # (rows of 16,384 columns are refused at row 1 under the default ingest.max_table_columns; allowed here, so
+    # that the parse stays stuck padding every row to its XFD cell)
+    options = ParseOptions(limits=ParseLimits(max_seconds=20, max_table_columns=16_384))
     thread, result = _in_thread(parse_file, bomb, options)
     time.sleep(1)
     sections = parse_file(plain, options)

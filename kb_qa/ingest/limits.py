@@ -11,7 +11,13 @@ Bounds and where they are enforced:
                       cannot expand past it)
   max_pages           PDF pages / slides, counted before any page is read
   max_chars           characters of text after loading
-  max_chunks          chunks after splitting (checked by the caller that splits: `check_chunks`)
+  max_chunks          chunks after splitting, checked by the caller that splits (`check_chunks`) before anything
+                      is embedded: embedding is the costly step (31 chunks/s measured on 2 shared CPU cores
+                      with all-MiniLM-L6-v2, so the default 10,000 is ~5 min there; a GPU embeds thousands a
+                      second). 10,000 chunks is ~2.5M characters, a ~1,300-page book of dense text.
+  max_table_columns   cells in one table row (CSV/TSV, XLSX, HTML, DOCX, ODT tables; `check_columns`), counted
+                      up to the row's last non-empty cell, as each row is read: a row of 10^6 columns is a few MB
+                      of CSV that turns into 16,000 chunks (minutes of embedding) of one unreadable record
   max_seconds         wall time of one file's parse: the worker is killed at it
   memory_mb           address space of the worker process (RLIMIT_AS): a parser that needs more gets MemoryError
 The time and memory bounds hold only when parsing runs in the worker (`isolate`, the default).
@@ -36,7 +42,8 @@ class ParseLimits:
     max_expanded_bytes: int = 256 * MiB
     max_pages: int = 5_000
     max_chars: int = 10_000_000  # ~33k chunks of 300 characters
-    max_chunks: int = 20_000
+    max_chunks: int = 10_000
+    max_table_columns: int = 2_048  # Excel's limit is 16,384; a record wider than this is not text to search
     max_seconds: float = 300.0
     memory_mb: int = 3_072
     isolate: bool = True
@@ -60,6 +67,7 @@ class ParseOptions:
             max_pages=getattr(settings, "max_pages_per_file", ParseLimits.max_pages),
             max_chars=getattr(settings, "max_chars_per_file", ParseLimits.max_chars),
             max_chunks=getattr(settings, "max_chunks_per_file", ParseLimits.max_chunks),
+            max_table_columns=getattr(settings, "max_table_columns", ParseLimits.max_table_columns),
             max_seconds=getattr(settings, "max_parse_seconds", ParseLimits.max_seconds),
             memory_mb=getattr(settings, "parse_memory_mb", ParseLimits.memory_mb),
             isolate=getattr(settings, "isolate_parsing", True),
@@ -107,3 +115,28 @@ def check_pages(count: int, name, limits: ParseLimits, unit: str = "pages") -> N
     if count > limits.max_pages:
         raise LoadError(name, f"refused: {count:,} {unit}, over the limit of {limits.max_pages:,} per file "
                               f"(ingest.max_pages_per_file)")
+
+
+def _empty(cell) -> bool:
+    return cell is None or (isinstance(cell, str) and not cell.strip())
+
+
+def filled_width(cells) -> int:
+    """Columns of a row up to its last non-empty cell (trailing empty cells, as spreadsheets export, don't count)."""
+    width = len(cells)
+    while width and _empty(cells[width - 1]):
+        width -= 1
+    return width
+
+
+def check_columns(cells, row: int, name, limits: ParseLimits, where: str = "") -> None:
+    """Refuse the file if table row `row` (1-based) has more columns than `limits.max_table_columns`. Cheap for
+    ordinary rows: only a row longer than the limit is looked at cell by cell."""
+    from kb_qa.ingest.loaders.base import LoadError  # (lazy: the loaders import this module)
+
+    if len(cells) <= limits.max_table_columns:
+        return
+    width = filled_width(cells)
+    if width > limits.max_table_columns:
+        raise LoadError(name, f"refused: {where}row {row:,} has {width:,} columns, over the limit of "
+                              f"{limits.max_table_columns:,} per table row (ingest.max_table_columns)")

@@ -7,7 +7,7 @@ import io
 
 from kb_qa.ingest.encoding import decode_text
 from kb_qa.ingest.loaders.base import LoadError
-from kb_qa.ingest.loaders.records import records_text
+from kb_qa.ingest.loaders.records import records_text, within_width
 from kb_qa.schema import Section
 
 
@@ -22,7 +22,7 @@ def load_csv(data: bytes, name: str) -> list[Section]:
         except csv.Error:
             delimiter = ","
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+        rows = list(within_width(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), name))
     except csv.Error as exc:
         raise LoadError(name, f"malformed CSV: {exc}") from exc
     return [Section(records_text(rows))]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import re
 
-from kb_qa.ingest.loaders.base import SectionBuilder
+from kb_qa.ingest.limits import current_options
+from kb_qa.ingest.loaders.base import LoadError, SectionBuilder
 from kb_qa.ingest.ocr import EmbeddedPictures
 from kb_qa.schema import Section
 
@@ -25,6 +26,7 @@ def load_docx(data: bytes, name: str) -> list[Section]:
     document = docx.Document(io.BytesIO(data))
     builder = SectionBuilder()
     pictures = EmbeddedPictures(name)
+    tables = 0
     for block in document.iter_inner_content():
         if isinstance(block, Paragraph):
             text = block.text
@@ -36,7 +38,8 @@ def load_docx(data: bytes, name: str) -> list[Section]:
                 for blob in _docx_picture_blobs(block, document.part):
                     builder.ocr_text(pictures.text(blob))
         elif isinstance(block, Table):
-            builder.block(_docx_table_lines(block))
+            tables += 1
+            builder.block(_docx_table_lines(block, name, f"table {tables}, "))
     pictures.finish()
     return builder.sections()
 
@@ -82,9 +85,17 @@ def _docx_heading_level(paragraph) -> int | None:
     return None
 
 
-def _docx_table_lines(table) -> list[str]:
+def _docx_table_lines(table, name: str = "document", where: str = "") -> list[str]:
+    """Rows as 'cell | cell' lines; a row wider than ingest.max_table_columns makes the file refused."""
+    limits = current_options.get().limits
     lines = []
-    for row in table.rows:
+    for number, row in enumerate(table.rows, 1):
+        # Grid columns from the XML before `row.cells`, which repeats a merged cell once per column it spans
+        # (w:gridSpan="100000000" would be a tuple of 10^8). Word itself stops at 63 columns.
+        grid = sum(tc.grid_span for tc in row._tr.tc_lst)
+        if grid > limits.max_table_columns:
+            raise LoadError(name, f"refused: {where}row {number:,} spans {grid:,} columns, over the limit of "
+                                  f"{limits.max_table_columns:,} per table row (ingest.max_table_columns)")
         cells, seen = [], set()
         for cell in row.cells:
             if id(cell._tc) in seen:  # a merged cell is returned once per grid column it spans
@@ -92,7 +103,7 @@ def _docx_table_lines(table) -> list[str]:
             seen.add(id(cell._tc))
             parts = [p.text.strip() for p in cell.paragraphs if p.text.strip()]
             for inner in cell.tables:
-                parts.append("; ".join(_docx_table_lines(inner)))
+                parts.append("; ".join(_docx_table_lines(inner, name, where)))
             cells.append(" ".join(" ".join(parts).split()))  # one line per row: the splitter keeps rows whole
         if any(cells):
             lines.append(" | ".join(cells))

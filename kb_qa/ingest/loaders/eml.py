@@ -25,7 +25,7 @@ def load_eml(data: bytes, name: str) -> list[Section]:
         payload = payload if isinstance(payload, bytes) else b""  # decode=True gives bytes for a leaf part
         body = _decode_declared(payload, body_part.get_content_charset(), name)
         if body_part.get_content_subtype() == "html":
-            body = "\n\n".join(s.text for s in html_sections(body))
+            body = "\n\n".join(s.text for s in html_sections(body, name))
     if not header_lines and not body.strip():
         raise LoadError(name, "not an e-mail message (no headers, no text body)")
     return [Section("\n".join(header_lines) + "\n\n" + body, heading=subject or None)]

@@ -44,7 +44,7 @@ def load_epub(data: bytes, name: str) -> list[Section]:
             except KeyError:
                 log.warning("%s: chapter %s listed but missing", name, href)
                 continue
-            sections.extend(html_sections(decode_text(chapter, href)))
+            sections.extend(html_sections(decode_text(chapter, href), name))
     return sections
 
 

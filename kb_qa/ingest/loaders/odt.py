@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 
+from kb_qa.ingest.limits import check_columns, current_options
 from kb_qa.ingest.loaders.base import LoadError, SectionBuilder, safe_xml_parser
 from kb_qa.schema import Section
 
@@ -36,7 +37,7 @@ def load_odt(data: bytes, name: str) -> list[Section]:
     body = root.find(f"{_odf('office:body')}/{_odf('office:text')}")
     builder = SectionBuilder()
     if body is not None:
-        _odt_walk(body, builder)
+        _odt_walk(body, builder, name)
     return builder.sections()
 
 
@@ -48,7 +49,7 @@ def _odf_encrypted(archive: zipfile.ZipFile) -> bool:
     return b"encryption-data" in manifest
 
 
-def _odt_walk(parent, builder: SectionBuilder) -> None:
+def _odt_walk(parent, builder: SectionBuilder, name: str = "document") -> None:
     for child in parent:
         tag = child.tag
         if tag == _odf("text:h"):
@@ -65,15 +66,17 @@ def _odt_walk(parent, builder: SectionBuilder) -> None:
                     builder.line("- " + " ".join(texts))
         elif tag == _odf("table:table"):
             lines = []
-            for row in child.iter(_odf("table:table-row")):
+            for number, row in enumerate(child.iter(_odf("table:table-row")), 1):
                 cells = [" ".join(_odt_inline(p).strip() for p in cell.iter(_odf("text:p"), _odf("text:h")))
                          for cell in row if cell.tag == _odf("table:table-cell")]
+                # (cells as written: table:number-columns-repeated is not expanded here, so it costs nothing)
+                check_columns(cells, number, name, current_options.get().limits, "a table, ")
                 cells = [c.strip() for c in cells if c.strip()]
                 if cells:
                     lines.append(" | ".join(cells))
             builder.block(lines)
         elif tag in (_odf("text:section"), _odf("text:index-body"), _odf("text:table-of-content")):
-            _odt_walk(child, builder)
+            _odt_walk(child, builder, name)
 
 
 def _odt_inline(element) -> str:

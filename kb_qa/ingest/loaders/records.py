@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime, time
+
+from kb_qa.ingest.limits import check_columns, current_options
 
 
 def cell_str(value) -> str:
@@ -18,6 +20,15 @@ def cell_str(value) -> str:
     if isinstance(value, (date, time)):
         return value.isoformat()
     return str(value)
+
+
+def within_width(rows: Iterable[list], name, where: str = "") -> Iterator[list]:
+    """`rows` as they come, the file refused (LoadError) at the first row wider than ingest.max_table_columns
+    (before it reaches `records_text`, which would turn it into thousands of 'column: value' lines)."""
+    limits = current_options.get().limits
+    for number, row in enumerate(rows, 1):
+        check_columns(row, number, name, limits, where)
+        yield row
 
 
 def records_text(rows: Iterable[list[str]]) -> str:

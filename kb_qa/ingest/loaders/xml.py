@@ -22,7 +22,7 @@ def load_xml(data: bytes, name: str) -> list[Section]:
     if root is None:
         raise LoadError(name, "empty document (no XML elements)")
     if etree.QName(root).localname.lower() == "html":
-        return html_sections(text)
+        return html_sections(text, name)
     lines: list[str] = []
     _xml_lines(root, lines)
     return [Section("\n".join(lines))]
