@@ -22,6 +22,8 @@ import re
 import sqlite3
 from collections import Counter
 
+from kb_qa.store import records
+
 K1, B = 1.2, 0.75  # FTS5 bm25() defaults
 RARE_POSTINGS = 2_000  # rare terms: the rarest, while their document frequencies sum to at most this (~3 us each)
 MIN_CANDIDATES = 50
@@ -118,7 +120,7 @@ def _add_common(conn: sqlite3.Connection, rows: list[tuple[int, float]], idf: di
                 avgdl: float) -> dict[int, float]:
     ids = [cid for cid, _ in rows]
     marks = ",".join("?" * len(ids))
-    texts = dict(conn.execute(f"SELECT rowid, terms FROM chunk_terms WHERE rowid IN ({marks})", ids).fetchall())
+    texts = records.chunk_terms(conn, ids)  # the keyword index is contentless: the terms live in chunks.terms
     sizes = {int(i): _varints(bytes(sz))[0] for i, sz in
              conn.execute(f"SELECT id, sz FROM chunk_terms_docsize WHERE id IN ({marks})", ids)}
     scores = {}
