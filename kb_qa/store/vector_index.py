@@ -35,8 +35,8 @@ _INDEX_FILE = re.compile(r"^index-(\d+)\.faiss$")
 # efSearch=128 and an exact re-score of 40 candidates measured recall@10 0.97 at 5x10^4. (On isotropic random
 # vectors no graph index helps: recall@10 0.65 at efSearch 512, which is why small KBs stay exact.)
 # Codes: 4 bits per dimension. Measured at 10^5 lowrank 384-d vectors (bench_scale's stand-in), M=16, efC=48,
-# 64 candidates re-scored exactly: 4-bit 336 B/vector in the file, recall@10 0.961 at efSearch 160 and 0.988 at
-# 256; 8-bit ~530 B/vector (recall 0.96-0.97 at 160); HNSW over PQ48 (196 B) 0.07 with inner product in faiss
+# 64 candidates re-scored exactly: 4-bit 336 B/vector in the file (344 at 10^6), recall@10 0.961 at efSearch 160
+# and 0.988 at 256 (10^6: 0.975 at 512, live_index.EF_SEARCH); 8-bit ~530 B/vector (recall 0.96-0.97 at 160); HNSW over PQ48 (196 B) 0.07 with inner product in faiss
 # 1.15, unusable; IVF-PQ (76 B) 0.81 at nprobe 64/1024, as neighbours of such vectors spread over many cells.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 48

@@ -320,6 +320,7 @@ class Writer:
         _crash_point("after-commit")
         self._added.clear()
         self._removed.clear()
+        records.shrink_wal(conn)
         if self._cleared:
             self._cleared = False
             vector_index.remove_stale_files(self.kb.path, 0)
