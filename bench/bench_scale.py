@@ -14,8 +14,8 @@ dimension real embeddings have and a query's nearest chunks are meaningfully nea
 Queries are drawn the same way. The FTS terms of a chunk are the passage's terms (cut by jieba once per distinct
 passage, memoised) with the chunk number's term in the place the analyser puts it: the same string
 `store.terms.fts_document` returns (checked on every 997th chunk), without ~1 ms of jieba per chunk (17 minutes of
-filling at 10^6; it happens in put_document, outside the timed commit, either way). The KB is filled in commits of --batch chunks (one document each); at each size
-in --sizes the bench reports:
+filling at 10^6; it happens in put_document, outside the timed commit, either way). The KB is filled in commits of
+--batch chunks (one document each); at each size in --sizes the bench reports:
 
   commit s      wall time of a commit of --batch chunks at that size, median of --repeat (what every ingest pays)
   open s        opening that writer (lock, SQLite quick_check: O(database) per writer, not per commit)

@@ -36,8 +36,9 @@ _INDEX_FILE = re.compile(r"^index-(\d+)\.faiss$")
 # vectors no graph index helps: recall@10 0.65 at efSearch 512, which is why small KBs stay exact.)
 # Codes: 4 bits per dimension. Measured at 10^5 lowrank 384-d vectors (bench_scale's stand-in), M=16, efC=48,
 # 64 candidates re-scored exactly: 4-bit 336 B/vector in the file (344 at 10^6), recall@10 0.961 at efSearch 160
-# and 0.988 at 256 (10^6: 0.975 at 512, live_index.EF_SEARCH); 8-bit ~530 B/vector (recall 0.96-0.97 at 160); HNSW over PQ48 (196 B) 0.07 with inner product in faiss
-# 1.15, unusable; IVF-PQ (76 B) 0.81 at nprobe 64/1024, as neighbours of such vectors spread over many cells.
+# and 0.988 at 256 (10^6: 0.975 at 512, live_index.EF_SEARCH); 8-bit codes would be 384 B + the graph. HNSW over
+# PQ48 (196 B): recall 0.07 with inner product in faiss 1.15, unusable; IVF-PQ (76 B): 0.81 at nprobe 64/1024, as
+# the neighbours of such vectors spread over many cells.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 48
 CODE_BITS = "QT_4bit"
@@ -145,7 +146,7 @@ def build_ann(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):
     """An approximate index (HNSW over 4-bit quantised vectors, inner product, chunk ids) of every batch."""
     import faiss
 
-    hnsw = faiss.IndexHNSWSQ(dim, getattr(faiss.ScalarQuantizer, CODE_BITS), HNSW_M,  # type: ignore[arg-type]
+    hnsw = faiss.IndexHNSWSQ(dim, getattr(faiss.ScalarQuantizer, CODE_BITS), HNSW_M,
                              faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index = faiss.IndexIDMap2(hnsw)
