@@ -92,7 +92,8 @@ def _prepare_repair(root: Path) -> None:
     from kb_qa.store import records
 
     conn = records.connect(root / "vector_store" / "kb" / "kb.sqlite")
-    conn.execute("DELETE FROM chunk_terms WHERE rowid IN (SELECT rowid FROM chunk_terms LIMIT 3)")
+    # lose 3 keyword rows (the index is contentless: FTS5's 'delete' with the stored terms, as a writer would)
+    records.delete_keyword_rows(conn, [r[0] for r in conn.execute("SELECT id FROM chunks ORDER BY id LIMIT 3")])
     conn.close()
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from kb_qa.schema import Chunk
 from kb_qa.store import KnowledgeBase, doctor, keyword_topk, records
-from kb_qa.store.terms import search_terms
+from kb_qa.store.errors import AnalyserMismatch
+from kb_qa.store.terms import fts_document, search_terms
 from tests.test_store import add_docs, assert_consistent, unit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,3 +194,55 @@ def test_keyword_top_k_equals_the_plain_query_when_common_terms_are_skipped(tmp_
         assert [i for i, _ in fast] == [i for i, _ in plain] or \
             [s for _, s in fast] == pytest.approx([s for _, s in plain], rel=1e-9), query
         assert [s for _, s in fast] == pytest.approx([s for _, s in plain], rel=1e-9), query
+
+
+def test_the_keyword_index_keeps_no_second_copy_of_the_terms_and_removals_leave_it_whole(tmp_path):
+    rng = np.random.default_rng(7)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt", "c.txt"])
+    conn = records.connect(kb.path / "kb.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunk_terms_content'").fetchone()[0] == 0
+    ids = sorted(kb.chunk_ids_for_sources(["b.txt"]))
+    texts = {i: c.text for i, c in kb.get_chunks(ids).items()}
+    assert kb.chunk_terms(ids) == {i: fts_document(texts[i]) for i in ids}  # decoded exactly as cut at ingest
+    with kb.writer() as w:
+        w.remove_document("a.txt")
+        w.commit()
+    conn.execute("INSERT INTO chunk_terms(chunk_terms) VALUES ('integrity-check')")  # raises on a damaged index
+    assert not {i for i, _ in kb.keyword_search(search_terms("a.txt paragraph"), 20)} & set(range(1, 6))
+    assert_consistent(kb)
+
+
+def test_a_kb_of_store_format_1_is_refused_with_the_fix_and_repair_upgrades_it(tmp_path):
+    rng = np.random.default_rng(8)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"])
+    expected = kb.keyword_search(search_terms("b.txt paragraph"), 4)
+    kb.close()
+    conn = records.connect(kb.path / "kb.sqlite")  # make it what format 1 wrote: terms kept by FTS5 itself
+    conn.execute("DROP TABLE chunk_terms")
+    conn.execute("CREATE VIRTUAL TABLE chunk_terms USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2')")
+    conn.executemany("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)",
+                     [(i, fts_document(t)) for i, t in conn.execute("SELECT id, text FROM chunks").fetchall()])
+    conn.executescript("""
+        BEGIN;
+        CREATE TABLE chunks_v1(id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL REFERENCES contents(sha256),
+            ordinal INTEGER NOT NULL, text TEXT NOT NULL, page INTEGER, heading TEXT, start INTEGER NOT NULL,
+            end INTEGER NOT NULL, vector BLOB NOT NULL);
+        INSERT INTO chunks_v1 SELECT id, sha256, ordinal, text, page, heading, start, end, vector FROM chunks;
+        DROP TABLE chunks;
+        ALTER TABLE chunks_v1 RENAME TO chunks;
+        CREATE INDEX chunks_sha ON chunks(sha256);
+        COMMIT;""")
+    records.set_meta(conn, "schema_version", "1")
+    conn.close()
+    with pytest.raises(AnalyserMismatch, match="store format 1.*kb repair"):
+        kb.keyword_search(search_terms("b.txt paragraph"), 4)
+    with pytest.raises(AnalyserMismatch, match="kb repair"), kb.writer(embedding_model="m") as w:
+        w.remove_document("a.txt")
+    assert any("store format 1" in p for p in doctor.check(kb).problems)
+    assert kb.dense_search(unit(rng, 1)[0], 3)  # vectors and texts are unchanged: dense search still works
+    doctor.repair(kb)
+    assert doctor.check(kb).ok and records.get_meta(records.connect(kb.path / "kb.sqlite"), "schema_version") == "2"
+    assert kb.keyword_search(search_terms("b.txt paragraph"), 4) == expected
+    assert_consistent(kb)

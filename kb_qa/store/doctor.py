@@ -75,6 +75,10 @@ def _check(kb: KnowledgeBase) -> CheckReport:
         recorded = records.get_meta(conn, "chunk_count")
         if recorded is not None and int(recorded) != chunks:
             report.problems.append(f"recorded chunk count {recorded} != {chunks} chunk rows")
+        format_problem = records.keyword_format_problem(conn, kb.name)
+        if format_problem is not None:
+            report.problems.append(f"keyword index in store format {records.get_meta(conn, 'schema_version', '1')}"
+                                   f", not {records.SCHEMA_VERSION} (`kb repair` re-cuts it)")
         analyser = records.get_meta(conn, ANALYSER_META_KEY) or "1"
         if chunks and analyser != ANALYSER_VERSION:
             report.problems.append(f"keyword index cut by term analyser version {analyser}, not {ANALYSER_VERSION}")
@@ -160,11 +164,14 @@ def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
             conn.execute("DELETE FROM documents WHERE sha256 NOT IN (SELECT sha256 FROM contents)")
             conn.execute("UPDATE contents SET n_chunks = "
                          "(SELECT COUNT(*) FROM chunks WHERE sha256 = contents.sha256)")
-            conn.execute("DROP TABLE IF EXISTS chunk_terms")
-            conn.execute(records.FTS_TABLE)
+            records.upgrade_keyword_index(conn)  # an empty contentless index (and chunks.terms, for format 1)
             rows = conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
-            conn.executemany("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)",
-                             ((cid, fts_document(text)) for cid, text in rows))
+            for start in range(0, len(rows), 4096):  # terms cut once, written to the index and to chunks.terms
+                cut = [(cid, text, fts_document(text)) for cid, text in rows[start:start + 4096]]
+                conn.executemany("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)",
+                                 ((cid, terms) for cid, _, terms in cut))
+                conn.executemany("UPDATE chunks SET terms = ? WHERE id = ?",
+                                 ((records.encode_terms(text, terms), cid) for cid, text, terms in cut))
             done.append(f"re-created the keyword index from {len(rows)} chunk texts")
             count = len(rows)
             dim = records.get_meta(conn, "embedding_dim")

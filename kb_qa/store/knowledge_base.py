@@ -275,6 +275,7 @@ class KnowledgeBase:
 
     def chunk_terms(self, ids: Iterable[int]) -> dict[int, str]:
         """{chunk id: its indexed terms, space-separated} as written at ingest by `store.terms.fts_document`."""
+        self._query(records.check_keyword_format, self.name)
         return self._query(records.chunk_terms, ids)
 
     def document_frequencies(self, terms: Iterable[str]) -> dict[str, int]:
@@ -334,6 +335,7 @@ class KnowledgeBase:
         """[(chunk id, BM25 >= 0, higher = better)] per list of search terms (from `store.terms.search_terms`),
         best first, at most `k`; with `allowed`, only those chunk ids."""
         check_analyser(self.name, self.get_meta(ANALYSER_META_KEY), self.chunk_count())  # else terms disagree
+        self._query(records.check_keyword_format, self.name)  # a KB of store format 1: `kb repair` first
         return [self._query(records.keyword_search, terms, k, allowed) for terms in term_lists]
 
     def keyword_search(self, terms: Sequence[str], k: int, allowed: Collection[int] | None = None

@@ -28,7 +28,10 @@ from kb_qa.store import records, vector_index
 
 log = logging.getLogger(__name__)
 
-EF_SEARCH = 160  # HNSW candidates kept per search: recall@10 vs time (bench/bench_scale.py measures both)
+# HNSW candidates kept per search: recall@10 vs time. 4-bit codes, bench_scale's lowrank vectors, 80 queries, 64
+# re-scored: 10^5: 0.961 at 160, 0.988 at 256; 10^6: 0.909 at 256, 0.946 at 384, 0.975 at 512 (8.5 ms p50),
+# 0.994 at 768 (11.4 ms). bench/bench_scale.py measures both.
+EF_SEARCH = 512
 RERANK_FACTOR = 4  # the approximate index proposes max(RERANK_FACTOR * k, RERANK_MIN) ids, re-scored exactly
 RERANK_MIN = 64
 EXACT_ALLOWED_MAX = 20_000  # a filter this small is searched exactly from the stored vectors, not through HNSW

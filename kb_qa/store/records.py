@@ -8,8 +8,12 @@ Tables:
                                    (generation, sha256, count, highest chunk id), schema version
   contents(sha256, n_chunks)       one row per distinct file content; chunks hang off it
   documents(source -> sha256)      one row per document path; two paths with the same bytes share one content
-  chunks(id, sha256, ...)          ids are AUTOINCREMENT: never reused, never shifted by deletions
-  chunk_terms(terms)               FTS5, rowid = chunks.id, jieba/word terms for BM25
+  chunks(id, sha256, ...)          ids are AUTOINCREMENT: never reused, never shifted by deletions; `terms` holds
+                                   the chunk's keyword terms (what chunk_terms indexed), DEFLATE-compressed with
+                                   the chunk's own text as the preset dictionary (~160 bytes instead of ~600)
+  chunk_terms(terms)               FTS5, contentless (content=''), rowid = chunks.id: the term index and the
+                                   per-row token counts BM25 needs, no second copy of the terms; rows are removed
+                                   with FTS5's 'delete' command and the stored terms (exactly what was indexed)
   tombstones(chunk_id, generation) chunks removed, and the commit that removed them: readers holding vectors of an
                                    older generation drop exactly these (no reload); pruned by compaction
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,8 @@ from typing import overload
 
 import numpy as np
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 1: terms stored by FTS5 itself (content table); 2: contentless FTS5 + chunks.terms
+SCHEMA_META_KEY = "schema_version"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,7 +58,8 @@ CREATE TABLE IF NOT EXISTS chunks(
     heading TEXT,
     start INTEGER NOT NULL,
     end INTEGER NOT NULL,
-    vector BLOB NOT NULL                  -- float32 little-endian, L2-normalised
+    vector BLOB NOT NULL,                 -- float32 little-endian, L2-normalised
+    terms BLOB                            -- the FTS terms, raw DEFLATE with `text` as dictionary (encode_terms)
 );
 CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(sha256);
 CREATE TABLE IF NOT EXISTS tombstones(
@@ -65,7 +72,7 @@ CREATE INDEX IF NOT EXISTS tombstones_generation ON tombstones(generation);
 # and waste ~40% of the file; 16 KiB pages hold six. Only takes effect before the first table is created.
 PAGE_SIZE = 16384
 FTS_TABLE = ("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms "
-             "USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2')")
+             "USING fts5(terms, content = '', tokenize = 'unicode61 remove_diacritics 2')")
 SCHEMA += FTS_TABLE + ";\n"
 
 
@@ -105,17 +112,110 @@ def connect(path: Path, *, journal: str = "WAL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA journal_mode={journal}")  # WAL: readers never block the writer, nor it them
     conn.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss
     conn.execute("PRAGMA foreign_keys=ON")
+    # The WAL keeps its largest size (a 4096-chunk batch: ~12 MB) for good unless told: shrink it to 4 MiB when a
+    # checkpoint lets the next write start it over (no effect on durability; readers never wait for it).
+    conn.execute("PRAGMA journal_size_limit=4194304")
     return conn
+
+
+def shrink_wal(conn: sqlite3.Connection) -> None:
+    """After a commit: copy the WAL into the database and truncate it, unless a reader still needs its frames (then
+    nothing waits: busy_timeout 0; the next commit tries again). Without it the WAL keeps a whole batch's pages
+    (~12 MB for 4096 chunks) on disk between commits. The commit is already durable: a failure here changes
+    nothing and is not reported."""
+    try:
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.execute("PRAGMA busy_timeout=30000")  # connect()'s timeout=30.0
+    except sqlite3.Error:
+        pass
 
 
 def init_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.executescript(SCHEMA)
-    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    # The format is read from the tables themselves (a KB of schema 1 has no chunks.terms), never from the meta
+    # alone: a KB older than the recorded version must not be taken for a new one.
+    current = has_terms_column(conn)
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                 (SCHEMA_VERSION if current else "1",))
+    if not current and not has_chunks(conn):  # an empty KB of schema 1: nothing to re-cut, upgraded at once
+        began = not conn.in_transaction
+        if began:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            upgrade_keyword_index(conn)
+        except BaseException:
+            if began and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if began:
+            conn.execute("COMMIT")
     # A random id per created KB: a KB deleted and re-created under the same name is a different KB, so nothing
     # keyed by it (caches) can confuse the two.
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('kb_id', ?)", (uuid.uuid4().hex,))
+
+
+def has_terms_column(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "terms" for row in conn.execute("PRAGMA table_info(chunks)"))
+
+
+def upgrade_keyword_index(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the contentless keyword index and the chunks.terms column, both empty (the caller re-cuts
+    the terms of existing chunks: `kb repair`). Drops the old keyword rows."""
+    conn.execute("DROP TABLE IF EXISTS chunk_terms")
+    conn.execute(FTS_TABLE)
+    if not has_terms_column(conn):
+        conn.execute("ALTER TABLE chunks ADD COLUMN terms BLOB")
+    set_meta(conn, SCHEMA_META_KEY, SCHEMA_VERSION)
+
+
+def keyword_format_problem(conn: sqlite3.Connection, kb_name: str) -> str | None:
+    """Why this KB's keyword index cannot be used by this version (one line with the fix), or None."""
+    if has_terms_column(conn) or not has_chunks(conn):
+        return None
+    recorded = get_meta(conn, SCHEMA_META_KEY, "1")
+    return (f"knowledge base {kb_name!r} keeps its keyword index in store format {recorded}, this version of "
+            f"kb_qa uses {SCHEMA_VERSION} (a third of the disk): run `kb-qa kb repair {kb_name}` (re-cuts the "
+            f"terms from the stored texts, nothing re-embedded) or re-ingest it with --rebuild")
+
+
+def check_keyword_format(conn: sqlite3.Connection, kb_name: str) -> None:
+    from kb_qa.store.errors import AnalyserMismatch
+
+    problem = keyword_format_problem(conn, kb_name)
+    if problem is not None:
+        raise AnalyserMismatch(problem)
+
+
+# -- the stored terms: raw DEFLATE (no header, 15-bit window) with the chunk's text as the preset dictionary. The
+# terms are mostly words of that text, so they compress to ~160 bytes for a 300-character chunk (~340 without the
+# dictionary, ~600 as text). Decoding needs the same text, which lives in the same row and never changes.
+def encode_terms(text: str, terms: str) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, text.encode("utf-8"))
+    return packer.compress(terms.encode("utf-8")) + packer.flush()
+
+
+def decode_terms(text: str, blob: bytes | None) -> str:
+    if not blob:
+        return ""
+    unpacker = zlib.decompressobj(-15, zdict=text.encode("utf-8"))
+    return (unpacker.decompress(blob) + unpacker.flush()).decode("utf-8")
+
+
+def delete_keyword_rows(conn: sqlite3.Connection, ids: Iterable[int]) -> None:
+    """Remove chunks' rows from the contentless keyword index: FTS5's 'delete' with exactly the terms that were
+    indexed (the stored ones), before the chunk rows themselves go."""
+    stored = chunk_terms(conn, ids)
+    conn.executemany("INSERT INTO chunk_terms(chunk_terms, rowid, terms) VALUES ('delete', ?, ?)",
+                     list(stored.items()))
+
+
+def clear_keyword_index(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO chunk_terms(chunk_terms) VALUES ('delete-all')")
 
 
 def missing_tables(conn: sqlite3.Connection) -> set[str]:
@@ -191,9 +291,10 @@ def insert_content(conn: sqlite3.Connection, sha256: str, chunks: list, vectors:
     ids = []
     for chunk, vector, chunk_terms in zip(chunks, vectors, terms, strict=True):
         cur = conn.execute(
-            "INSERT INTO chunks(sha256, ordinal, text, page, heading, start, end, vector) VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO chunks(sha256, ordinal, text, page, heading, start, end, vector, terms) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
             (sha256, chunk.ordinal, chunk.text, chunk.page, chunk.heading, chunk.start, chunk.end,
-             np.asarray(vector, dtype="<f4").tobytes()),
+             np.asarray(vector, dtype="<f4").tobytes(), encode_terms(chunk.text, chunk_terms)),
         )
         assert cur.lastrowid is not None  # always set after a successful INSERT into a rowid table
         ids.append(cur.lastrowid)
@@ -229,7 +330,7 @@ def delete_orphan_contents(conn: sqlite3.Connection, candidates: Iterable[str] |
     for sha in orphans:
         ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE sha256 = ?", (sha,))]
         removed.extend(ids)
-        conn.executemany("DELETE FROM chunk_terms WHERE rowid = ?", ((i,) for i in ids))
+        delete_keyword_rows(conn, ids)
         conn.execute("DELETE FROM chunks WHERE sha256 = ?", (sha,))
         conn.execute("DELETE FROM contents WHERE sha256 = ?", (sha,))
     return removed
@@ -367,8 +468,8 @@ def chunk_terms(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for part in _in_batches(ids):
         marks = ",".join("?" * len(part))
-        for rowid, terms in conn.execute(f"SELECT rowid, terms FROM chunk_terms WHERE rowid IN ({marks})", part):
-            out[int(rowid)] = terms
+        for cid, text, blob in conn.execute(f"SELECT id, text, terms FROM chunks WHERE id IN ({marks})", part):
+            out[int(cid)] = decode_terms(text, blob)
     return out
 
 

@@ -137,6 +137,7 @@ class Writer:
             if not self._cleared:  # new terms must not be mixed into an index cut by another analyser
                 check_analyser(self.kb.name, records.get_meta(self._conn, ANALYSER_META_KEY),
                                records.count_chunks(self._conn))
+                records.check_keyword_format(self._conn, self.kb.name)  # store format 1: `kb repair` first
 
     def _check_transaction(self) -> None:
         """SQLite rolls a transaction back by itself after some I/O errors (SQLITE_FULL, SQLITE_IOERR): what this
@@ -172,7 +173,11 @@ class Writer:
         self._begin()
         self._added.clear()
         self._removed.clear()  # every reader reloads after a rebuild (vectors_rebased_at): no tombstones needed
-        for table in ("documents", "chunk_terms", "chunks", "contents", "tombstones"):
+        if records.has_terms_column(self._conn):
+            records.clear_keyword_index(self._conn)  # contentless FTS5: emptied by its own command, not DELETE
+        else:  # a rebuild of a KB of store format 1: rebuilt in the new one
+            records.upgrade_keyword_index(self._conn)
+        for table in ("documents", "chunks", "contents", "tombstones"):
             self._conn.execute(f"DELETE FROM {table}")
         for key in ("embedding_model", "embedding_dim", *IDENTITY_KEYS.values()):
             self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -315,6 +320,7 @@ class Writer:
         _crash_point("after-commit")
         self._added.clear()
         self._removed.clear()
+        records.shrink_wal(conn)
         if self._cleared:
             self._cleared = False
             vector_index.remove_stale_files(self.kb.path, 0)
