@@ -282,7 +282,11 @@ def main(argv=None) -> int:
     p.add_argument("--all-rules", action="store_true", help="every rule, not only the parts, old and new")
     p.add_argument("--latency", type=int, default=200,
                    help="questions of the first set timed through the retriever, new vs previous rule (0: none)")
+    p.add_argument("--thresholds", default="",
+                   help="comma-separated retrieval.score_threshold values: also print the refusal rates at each "
+                        "(the product's rule), to see the trade-off the default sits on")
     args = p.parse_args(argv)
+    sweep = [float(t) for t in args.thresholds.split(",") if t.strip()]
     from kb_qa.app import App
     from kb_qa.eval import ingest_bench, load_bench
     from kb_qa.settings import load_settings
@@ -290,6 +294,7 @@ def main(argv=None) -> int:
     root = Path(args.kb_dir or tempfile.mkdtemp(prefix="kbqa-fusion-"))
     results = {}
     refusals = []
+    swept: dict[float, list[tuple[str, str, float, float]]] = {t: [] for t in sweep}
     benches = [load_bench(folder) for folder in args.benches]
     if args.limit:
         for b in benches:
@@ -321,6 +326,8 @@ def main(argv=None) -> int:
                 off, _ = collect(app, bench, kb_name, names, other.queries)
                 refusals.append((bench.name, other.name, refused(off, cal, threshold),
                                  refused(off, cal, threshold, "unknown"), *own))
+                for t in sweep:
+                    swept[t].append((bench.name, other.name, refused(off, cal, t), refused(rows, cal, t)))
     sets = list(results)
     print("| rule | " + " | ".join(f"{s} hit@1 / hit@5 / hit@10 / MRR@10" for s in sets) + " |")
     print("|---|" + "---|" * len(sets))
@@ -334,6 +341,10 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for kb_set, off_set, off, off_plain, own_u, own_plain in refusals:
         print(f"| {kb_set} | {off_set} | {off:.3f} | {off_plain:.3f} | {own_u:.3f} | {own_plain:.3f} |")
+    for t, cells in swept.items():
+        print()
+        print(f"refusal at retrieval.score_threshold = {t} (KB: off-topic refused / answerable refused):")
+        print(" | ".join(f"{kb_set} <- {off_set}: {off:.3f} / {own:.3f}" for kb_set, off_set, off, own in cells))
     if timing:
         name, n, t = timing
         print()
