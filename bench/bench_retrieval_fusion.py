@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def collect(app, bench, kb_name, names, queries=None):
     """Per question: (gold ids, dense [(cid, cos)], keyword [(cid, bm25 share)], dense_sim, keyword_sim, pool,
     unknown-term share U), and the doc of each cid. `queries`: other questions (off-topic: no gold ids)."""
-    from kb_qa.retrieval.calibration import unknown_share
+    from kb_qa.retrieval.calibration import robust_unknown_share, unknown_share
     from kb_qa.retrieval.dense import cosines, dense_candidates
     from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
 
@@ -44,6 +44,7 @@ def collect(app, bench, kb_name, names, queries=None):
         dense = dense_candidates(kb, qvec, n)
         stats = TermStats(kb, query_terms(text))
         keyword = keyword_candidates(kb, text, n)
+        u_robust = robust_unknown_share(kb, stats, keyword)
         ids = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in keyword]))
         missing = [c for c in ids if c not in doc_of]
         for cid, rec in kb.get_chunks(missing).items():
@@ -52,7 +53,7 @@ def collect(app, bench, kb_name, names, queries=None):
         keyword = [(c, s / upper) for c, s in keyword]  # BM25 as a share of the question's bound (monotone)
         rows.append((bench.qrels[qid] if queries is None else set(), dense, keyword, cosines(kb, qvec, ids),
                      keyword_similarities(kb, text, ids, stats), min(n, stats.n_docs),
-                     unknown_share(stats.idf, stats.df)))
+                     (unknown_share(stats.idf, stats.df), u_robust)))
     return rows, doc_of
 
 
@@ -215,16 +216,55 @@ def score(rows, doc_of, rule):
     return h[1] / n, h[5] / n, h[10] / n, rr / n
 
 
-def refused(rows, cal, threshold: float, with_unknown: bool = True) -> float:
+def refused(rows, cal, threshold: float, rule: str = "evidence") -> float:
     """Share of questions whose best candidate's calibrated probability is under `threshold` (the product's
-    no-answer rule: retriever._select keeps nothing)."""
+    no-answer rule: retriever._select keeps nothing). `rule`: "evidence" (the product: the KB's answerability
+    model), "unknown" (the previous rule: the U-only recalibration), "plain" (the ranking model alone)."""
+    from kb_qa.retrieval.calibration import dense_score, evidence
     from kb_qa.retrieval.fusion import fuse_calibrated
 
     out = 0
-    for _gold, d, k, ds, ks, _pool, u in rows:
-        hits = fuse_calibrated(d, k, ds, ks, dict(k), lambda key: cal, (lambda key, u=u: u) if with_unknown else None)
+    for _gold, d, k, ds, ks, _pool, (u, u_robust) in rows:
+        ev = evidence([s for _, s in k], [dense_score(s) for _, s in d], u_robust)
+        hits = fuse_calibrated(d, k, ds, ks, dict(k), lambda key: cal,
+                               (lambda key, u=u: u) if rule != "plain" else None,
+                               (lambda key, ev=ev: ev) if rule == "evidence" else None)
         out += not hits or hits[0].score < threshold
     return out / max(len(rows), 1)
+
+
+def latency(app, kb_name: str, questions: list[str], warmup: int = 5) -> dict[str, float]:
+    """Retrieval p50 / p95 (ms, `Retriever.search_detailed`'s total: question embedding, both searches, fusion,
+    refusal, passages) of the product's rule and of the previous rule (U-only refusal, no answerability evidence),
+    interleaved question by question so both see the same machine load."""
+    import statistics
+
+    import kb_qa.retrieval.retriever as retriever_module
+
+    r = app.retriever
+    real_evidence, real_unknown = retriever_module.evidence, retriever_module.robust_unknown_share
+
+    def previous(on: bool) -> None:
+        retriever_module.evidence = (lambda *a: None) if on else real_evidence
+        retriever_module.robust_unknown_share = (
+            (lambda kb, st, found, absent=frozenset(): 0.0) if on else real_unknown)
+
+    for q in questions[:warmup]:
+        r.search_detailed(q, kb_name)
+    times: dict[str, list[float]] = {"new": [], "previous": []}
+    try:
+        for i, q in enumerate(questions):
+            for rule in (("new", "previous") if i % 2 else ("previous", "new")):
+                previous(rule == "previous")
+                times[rule].append(r.search_detailed(q, kb_name).timings_ms["total"])
+    finally:
+        previous(False)
+    out = {}
+    for rule, values in times.items():
+        values.sort()
+        out[f"{rule}_p50"] = statistics.median(values)
+        out[f"{rule}_p95"] = values[min(len(values) - 1, int(0.95 * len(values)))]
+    return out
 
 
 SHOWN = ("dense", "keyword", "mixture", "calibrated", "rrf")  # parts, the old default, the new rule, textbook RRF
@@ -240,7 +280,13 @@ def main(argv=None) -> int:
     p.add_argument("--kb-dir", help="keep the KBs here (re-runs embed nothing)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each set")
     p.add_argument("--all-rules", action="store_true", help="every rule, not only the parts, old and new")
+    p.add_argument("--latency", type=int, default=200,
+                   help="questions of the first set timed through the retriever, new vs previous rule (0: none)")
+    p.add_argument("--thresholds", default="",
+                   help="comma-separated retrieval.score_threshold values: also print the refusal rates at each "
+                        "(the product's rule), to see the trade-off the default sits on")
     args = p.parse_args(argv)
+    sweep = [float(t) for t in args.thresholds.split(",") if t.strip()]
     from kb_qa.app import App
     from kb_qa.eval import ingest_bench, load_bench
     from kb_qa.settings import load_settings
@@ -248,10 +294,12 @@ def main(argv=None) -> int:
     root = Path(args.kb_dir or tempfile.mkdtemp(prefix="kbqa-fusion-"))
     results = {}
     refusals = []
+    swept: dict[float, list[tuple[str, str, float, float]]] = {t: [] for t in sweep}
     benches = [load_bench(folder) for folder in args.benches]
     if args.limit:
         for b in benches:
             b.queries = b.queries[:args.limit]
+    timing = None
     for bench in benches:
         sub = root / bench.name
         app = App(load_settings(overrides={"paths": {"knowledge_base_root": str(sub / "documents"),
@@ -267,12 +315,19 @@ def main(argv=None) -> int:
         print(f"{bench.name}: {len(rows)} questions collected in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         results[bench.name] = {name: score(rows, doc_of, fn) for name, fn in RULES.items()}
         threshold = app.settings.retrieval.score_threshold
-        own = (refused(rows, cal, threshold), refused(rows, cal, threshold, False))
+        if args.latency and timing is None:
+            t = time.perf_counter()
+            timing = (bench.name, len(bench.queries[:args.latency]),
+                      latency(app, kb_name, [text for _, text in bench.queries[:args.latency]]))
+            print(f"{bench.name}: latency measured in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        own = (refused(rows, cal, threshold), refused(rows, cal, threshold, "unknown"))
         for other in benches:
             if other is not bench:
                 off, _ = collect(app, bench, kb_name, names, other.queries)
                 refusals.append((bench.name, other.name, refused(off, cal, threshold),
-                                 refused(off, cal, threshold, False), *own))
+                                 refused(off, cal, threshold, "unknown"), *own))
+                for t in sweep:
+                    swept[t].append((bench.name, other.name, refused(off, cal, t), refused(rows, cal, t)))
     sets = list(results)
     print("| rule | " + " | ".join(f"{s} hit@1 / hit@5 / hit@10 / MRR@10" for s in sets) + " |")
     print("|---|" + "---|" * len(sets))
@@ -281,10 +336,21 @@ def main(argv=None) -> int:
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
     print(f"refusal at retrieval.score_threshold = {threshold}:")
-    print("| KB (answerable) | off-topic questions | refused_off_topic | (no U) | refused_answerable | (no U) |")
+    print("| KB (answerable) | off-topic questions | refused_off_topic | (previous: U only) | refused_answerable "
+          "| (previous: U only) |")
     print("|---|---|---|---|---|---|")
     for kb_set, off_set, off, off_plain, own_u, own_plain in refusals:
         print(f"| {kb_set} | {off_set} | {off:.3f} | {off_plain:.3f} | {own_u:.3f} | {own_plain:.3f} |")
+    for t, cells in swept.items():
+        print()
+        print(f"refusal at retrieval.score_threshold = {t} (KB: off-topic refused / answerable refused):")
+        print(" | ".join(f"{kb_set} <- {off_set}: {off:.3f} / {own:.3f}" for kb_set, off_set, off, own in cells))
+    if timing:
+        name, n, t = timing
+        print()
+        print(f"retrieval latency on {name}, {n} questions, warm, interleaved (ms): new rule p50 {t['new_p50']:.1f} / "
+              f"p95 {t['new_p95']:.1f}; previous rule p50 {t['previous_p50']:.1f} / p95 {t['previous_p95']:.1f}; "
+              f"ratio new/previous at p50 {t['new_p50'] / t['previous_p50']:.2f}")
     return 0
 
 

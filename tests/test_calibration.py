@@ -7,12 +7,18 @@ import numpy as np
 from kb_qa.retrieval.calibration import (
     META_KEY,
     Calibration,
+    Evidence,
     _Question,
     calibration_for,
+    evidence,
     fit,
+    fit_answerable,
     fit_refusal,
     prior,
     pseudo_question,
+    query_like,
+    robust_unknown_share,
+    seen_in,
     sentences,
     unknown_share,
 )
@@ -111,3 +117,75 @@ def test_refusal_weight_grows_with_what_unknown_terms_tell_and_keeps_the_order()
     assert fit_refusal([], np.zeros(4)) == {"bias": 0.0, "scale": 1.0, "unknown": 0.0}
     again = Calibration.from_json(informative.to_json())
     assert again is not None and again.refusal == informative.refusal
+
+
+def test_evidence_reads_the_best_keyword_share_and_how_far_the_best_passage_stands_out():
+    ev = evidence([0.1, 0.6, 0.3], [0.5, 0.5, 0.8], 0.25)
+    assert ev.keyword == 0.6 and abs(ev.dense_lift - 0.2) < 1e-9 and ev.unknown == 0.25
+    # a blind embedding model: every passage the same cosine, however high -> no lift
+    flat = evidence([], [0.7, 0.7, 0.7], 0.0)
+    assert flat.keyword == 0.0 and abs(flat.dense_lift) < 1e-9
+    assert evidence([1.5], [], 2.0) == Evidence(1.0, 1.0, 0.0)  # clipped to [0, 1]
+
+
+def _answerable_questions(rng, n, keyword_pos, keyword_neg):
+    """`_questions` with an answerable / unanswerable Evidence pair each; the lift is noise in both."""
+    out = _questions(rng, n, useful=3, noise=1)
+    for q in out:
+        q.evidence_answerable = Evidence(float(rng.uniform(*keyword_pos)), 0.0, float(rng.uniform(0, 0.2)))
+        q.evidence_unanswerable = Evidence(float(rng.uniform(*keyword_neg)), float(rng.uniform(0.3, 0.7)),
+                                           float(rng.uniform(0, 0.2)))
+    return out
+
+
+def test_answerability_model_learns_what_separates_and_only_ever_lowers_the_probability():
+    rng = np.random.default_rng(2)
+    informative = fit(_answerable_questions(rng, 150, (0.4, 0.8), (0.0, 0.3)))
+    blind = fit(_answerable_questions(rng, 150, (0.0, 0.5), (0.0, 0.5)))
+    a, b = informative.answerable, blind.answerable
+    assert a["keyword"] > 3.0 > 1.0 > b["keyword"] >= 0.0
+    assert a["unknown"] == 0.0 and a["dense_lift"] >= 0.0  # U acts through fit_refusal's weight only
+    strong, weak = Evidence(0.9, 0.0, 0.1), Evidence(0.05, 0.0, 0.1)
+    assert informative.answerable_logit(strong) > 0 > informative.answerable_logit(weak)
+    plain = informative.probability(0.2, 0.6, 0.6, 0.0)
+    assert informative.probability(0.2, 0.6, 0.6, evidence=strong) == plain  # never raised
+    assert informative.probability(0.2, 0.6, 0.6, evidence=weak) < plain / 2
+    # one value per question: the order of its candidates is unchanged
+    assert informative.probability(0.2, 0.9, 0.9, evidence=weak) > informative.probability(0.2, 0.3, 0.3, evidence=weak)
+    # unknown terms still lower it, read from the evidence
+    assert informative.probability(0.2, 0.6, 0.6, evidence=Evidence(0.9, 0.8, 0.1)) <= plain
+    again = Calibration.from_json(informative.to_json())
+    assert again is not None and again.answerable == informative.answerable
+    assert fit_answerable([]) == {} and fit_answerable(_questions(rng, 5, 3, 1)) == {}
+    assert prior().probability(0.2, 0.6, 0.6, evidence=weak) == prior().probability(0.2, 0.6, 0.6)
+
+
+def test_query_like_questions_are_a_few_of_the_sentences_terms_in_order():
+    terms = ["沪通", "铁路", "江苏", "南通", "上海", "通车", "时间", "长度"]
+    for seed in range(20):
+        q = query_like(terms, seed)
+        assert 3 <= len(q) <= 6 and q == [t for t in terms if t in q]
+    assert query_like(terms, 7) == query_like(terms, 7)
+    assert query_like(["一", "二"], 0) == ["一", "二"] and query_like([], 0) == []
+
+
+def test_a_term_cut_otherwise_than_in_the_passage_is_not_unknown():
+    assert seen_in(["锦地", "野马"], ["錦地羅（學名：），是茅膏菜科的植物。"]) == {"锦地"}  # folded: 錦 -> 锦
+    assert seen_in(["锦地"], []) == set()
+
+    class _KB:
+        def get_chunks(self, ids):
+            texts = {1: "锦地罗是茅膏菜科的植物，全长约10厘米。", 2: "另一段文字。"}
+
+            class _Rec:
+                def __init__(self, text):
+                    self.text = text
+            return {i: _Rec(texts[i]) for i in ids if i in texts}
+
+    class _Stats:
+        idf = {"锦地": 3.0, "罗": 1.0, "全长": 2.0, "野马": 3.0}
+        df = {"锦地": 0, "罗": 4, "全长": 2, "野马": 0}
+
+    assert unknown_share(_Stats.idf, _Stats.df) == 6.0 / 9.0
+    assert robust_unknown_share(_KB(), _Stats(), [(1, 5.0), (2, 1.0)]) == 3.0 / 9.0  # only 野马 is unknown
+    assert robust_unknown_share(_KB(), _Stats(), []) == 6.0 / 9.0

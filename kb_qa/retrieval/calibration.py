@@ -26,10 +26,27 @@ that this passage is the one the question is about". The fit is ridge-regularise
 KB too small to calibrate still gets a sensible model; weights are never negative (a higher similarity never
 lowers relevance).
 
-Refusal: the threshold reads P after one more per-KB term, -w_unknown * U, U = the question's IDF share of terms
-no chunk of the KB contains (`unknown_share`). It is one value per question, so it moves refusal, never the
-ranking; w_unknown is fitted on the same pseudo-questions asked twice, once answerable and once as if their whole
-source document were missing (`fit_refusal`).
+Refusal: the threshold reads P after per-question terms that say how well the KB *as a whole* covers the
+question (one value for every candidate of the KB, so they move refusal, never the ranking):
+
+    z' = z - w_unknown * U + min(0, logit P(answerable | K, L))                      (`Evidence`, `probability`)
+    P(answerable | K, L) = sigmoid(a + a_kw * K + a_d * L)
+
+    K  the best BM25 share among the keyword candidates (BM25 / the question's bound: how much of the question's
+       informative weight one passage matches; the strongest single separator of answerable from same-language
+       off-topic questions measured on the dev sets)
+    L  the dense lift: the best dense similarity minus the mean over the dense candidates (a blind embedding model
+       gives every passage of a question about the same cosine, so only standing out counts, never the level)
+    U  the question's IDF share of terms no chunk of the KB contains (`unknown_share`), not counting terms found
+       inside the best keyword passages' text (`robust_unknown_share`: jieba cuts an unknown name by its context,
+       so "锦地罗" in a passage can be "锦地 / 罗" in the question)
+
+w_unknown is fitted on the pseudo-questions asked twice, once answerable and once as if their whole source document
+were missing (`fit_refusal`). The answerability model is fitted on *query-like* pseudo-questions (`query_like`: 3-6
+of a sentence's terms, as a user types them; a sentence asked whole or with itself removed is a poor model of a
+real question's K), asked against the KB as it is and against the KB without their document (`fit_answerable`).
+It only lowers the probability (min(0, .)): the pairs are a made-up 50/50 mix, and a question the KB covers well
+keeps the ranking model's probability.
 
 Measured reliability (hit@1, hit@5, MRR@10 on the pseudo-questions, per retriever and fused; fused figures are
 2-fold cross-validated) is stored with the model in the KB's meta and shown by `kb show` and `kb_qa.eval`.
@@ -53,7 +70,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # bump when pseudo-questions or features change: stored calibrations of another version are redone
+VERSION = 3  # bump when pseudo-questions or features change: stored calibrations of another version are redone
 META_KEY = "retrieval_calibration"
 MAX_QUESTIONS = 120  # pseudo-questions per KB (2 embeddings each: seconds with a small model on an idle CPU)
 FEATURES = ("dense", "share", "bm25")
@@ -61,6 +78,8 @@ FEATURES = ("dense", "share", "bm25")
 PRIOR = {"bias": -6.0, "dense": 3.0, "share": 3.0, "bm25": 3.0}
 # Refusal recalibration prior: the identity (probability as the ranking model says, no unknown-term penalty).
 IDENTITY = {"bias": 0.0, "scale": 1.0, "unknown": 0.0}
+# Answerability model prior (ridge centre): no evidence either way (P = 0.5, so min(0, logit) = 0: no refusal).
+ANSWERABLE_PRIOR = {"bias": 0.0, "keyword": 0.0, "unknown": 0.0, "dense_lift": 0.0}
 RIDGE = 2.0  # strength of the pull towards PRIOR, in pseudo-question units (so it fades as samples grow)
 
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+(?:[。！？!?；;]+|$)|[^\n]+")
@@ -72,6 +91,23 @@ class PartReliability:
     hit1: float = 0.0
     hit5: float = 0.0
     mrr10: float = 0.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one KB offers one question as a whole (see the module docstring), each in [0, 1]."""
+
+    keyword: float = 0.0  # K: best BM25 share among the keyword candidates
+    unknown: float = 0.0  # U: IDF share of the question's terms the KB lacks
+    dense_lift: float = 0.0  # L: best dense similarity minus the mean over the dense candidates
+
+
+def evidence(bm25_shares: Sequence[float], dense_scores: Sequence[float], unknown: float) -> Evidence:
+    """`Evidence` from a KB's candidate lists: BM25 shares of its keyword candidates, dense_score of its dense
+    candidates (either may be empty: that side is off or found nothing)."""
+    keyword = min(1.0, max(bm25_shares, default=0.0))
+    lift = (max(dense_scores) - sum(dense_scores) / len(dense_scores)) if dense_scores else 0.0
+    return Evidence(max(0.0, keyword), min(1.0, max(0.0, unknown)), min(1.0, max(0.0, lift)))
 
 
 @dataclass
@@ -93,11 +129,22 @@ class Calibration:
     # identity until measured. One value per question shifts every candidate alike: ranking never changes.
     refusal: dict[str, float] = field(default_factory=lambda: dict(IDENTITY))
     answerable_questions: int = 0  # pseudo-questions behind `refusal`: answerable ones + as many without answer
+    # P(answerable | Evidence): keys of ANSWERABLE_PRIOR; {} = not measured (the `refusal` recalibration is used)
+    answerable: dict[str, float] = field(default_factory=dict)
+
+    def answerable_logit(self, ev: Evidence) -> float:
+        """logit P(answerable | ev) by this KB's answerability model (0 = no evidence either way)."""
+        a = self.answerable or ANSWERABLE_PRIOR
+        return (a.get("bias", 0.0) + a.get("keyword", 0.0) * ev.keyword - a.get("unknown", 0.0) * ev.unknown
+                + a.get("dense_lift", 0.0) * ev.dense_lift)
 
     def probability(self, dense: float | None, share: float | None, bm25: float | None,
-                    unknown: float = 0.0) -> float:
+                    unknown: float = 0.0, evidence: Evidence | None = None) -> float:
         """P(relevant) of one candidate; None = that retriever is switched off (its one-side model is used).
-        `unknown`: the question's IDF share of terms that occur nowhere in this KB (`unknown_share`)."""
+        `evidence`: what the KB offers the question as a whole; with an answerability model it lowers the
+        probability by the odds that the KB does not answer the question (`unknown` is then read from it).
+        Without: `unknown`, the question's IDF share of terms that occur nowhere in this KB (`unknown_share`),
+        goes through the older U-only recalibration."""
         if dense is None and (share is None and bm25 is None):
             return 0.0
         if dense is None:
@@ -109,7 +156,12 @@ class Calibration:
         z = w.get("bias", 0.0) + w.get("dense", 0.0) * (dense or 0.0) + w.get("share", 0.0) * (share or 0.0) \
             + w.get("bm25", 0.0) * (bm25 or 0.0)
         r = self.refusal or IDENTITY
-        return _sigmoid(r.get("bias", 0.0) + r.get("scale", 1.0) * z - r.get("unknown", 0.0) * unknown)
+        shift = 0.0
+        if evidence is not None:
+            unknown = evidence.unknown
+            if self.answerable:
+                shift = min(0.0, self.answerable_logit(evidence))
+        return _sigmoid(r.get("bias", 0.0) + r.get("scale", 1.0) * z - r.get("unknown", 0.0) * unknown + shift)
 
     def summary(self) -> str:
         """One line for `kb show` / eval output."""
@@ -120,7 +172,10 @@ class Calibration:
                 f"keyword hit@1 {self.keyword.hit1:.2f} / MRR {self.keyword.mrr10:.2f}, fused hit@1 "
                 f"{self.fused.hit1:.2f} / MRR {self.fused.mrr10:.2f}; weights dense {self.weights['dense']:.2f}, "
                 f"share {self.weights['share']:.2f}, bm25 {self.weights['bm25']:.2f}; refusal scale {r['scale']:.2f}, "
-                f"unknown-term weight {r['unknown']:.2f}")
+                f"unknown-term weight {r['unknown']:.2f}"
+                + (f"; answerable: keyword {self.answerable['keyword']:.2f}, unknown {self.answerable['unknown']:.2f},"
+                   f" dense lift {self.answerable['dense_lift']:.2f}, bias {self.answerable['bias']:.2f}"
+                   if self.answerable else ""))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -230,6 +285,9 @@ class _Question:
     # nothing in the KB answers it: the rows other than `target` are its candidates).
     unknown_answerable: float = 0.0
     unknown_unanswerable: float = 0.0
+    # The question's `Evidence` in both cases (None: not measured, e.g. synthetic questions of the tests)
+    evidence_answerable: Evidence | None = None
+    evidence_unanswerable: Evidence | None = None
 
 
 def _reliability(ranks: Sequence[int | None]) -> PartReliability:
@@ -270,6 +328,7 @@ def fit(questions: Sequence[_Question]) -> Calibration:
     refusal = fit_refusal(questions, w)
     return Calibration(
         weights=dict(zip(names, map(float, w), strict=True)), questions=g, refusal=refusal,
+        answerable=fit_answerable(questions),
         answerable_questions=g,
         dense=_reliability([q.dense_rank for q in questions]),
         keyword=_reliability([q.keyword_rank for q in questions]),
@@ -310,15 +369,69 @@ def fit_refusal(questions: Sequence[_Question], w: np.ndarray) -> dict[str, floa
     return {"bias": 0.0, "scale": 1.0, "unknown": float(r[2])}
 
 
-def unknown_share(idf: dict[str, float], df: dict[str, int], absent: set[str] | frozenset[str] = frozenset()
-                  ) -> float:
+def fit_answerable(questions: Sequence[_Question]) -> dict[str, float]:
+    """P(answerable | Evidence) from the KB's query-like pseudo-questions, each asked as answerable and as
+    unanswerable (leave-one-document-out); {} when no question carries evidence. Ridge towards "no evidence"
+    (ANSWERABLE_PRIOR); the weights keep their sign: more matched weight (K) or a passage standing out (L) never
+    lowers answerability."""
+    xs, ys = [], []
+    for q in questions:
+        for ev, label in ((q.evidence_answerable, 1.0), (q.evidence_unanswerable, 0.0)):
+            if ev is not None:
+                xs.append([1.0, ev.keyword, -ev.unknown, ev.dense_lift])
+                ys.append(label)
+    if not xs or len(set(ys)) < 2:
+        return {}
+    names = ("bias", "keyword", "unknown", "dense_lift")
+    prior_w = np.array([ANSWERABLE_PRIOR[k] for k in names])
+    # U is left out here (kept at 0; it acts through `fit_refusal`'s weight): a query-like question's terms come
+    # from its passage, so its U is ~0 (measured: 90th percentile 0.02 on cmrc2018_trial), while a real answerable
+    # question often has a word the KB was never indexed with (22% of cmrc2018_trial's). Fitted on these pairs,
+    # its weight came out ~3.7 and refused 3-4% of the dev sets' answerable questions (bench_retrieval_fusion.py).
+    free = np.array([True, True, False, True])
+    w = fit_logistic(np.asarray(xs), np.asarray(ys), prior_w, RIDGE, len(xs), free=free)
+    return dict(zip(names, map(float, w), strict=True))
+
+
+def unknown_share(idf: dict[str, float], df: dict[str, int], absent: set[str] | frozenset[str] = frozenset(),
+                  seen: set[str] | frozenset[str] = frozenset()) -> float:
     """U: the IDF-weighted share of the question's terms that no chunk of the KB contains (df 0, or in `absent`:
     terms treated as missing), in [0, 1]. An off-topic question's names and rare words are such terms; an
-    answerable question's mostly are not (its passage has them)."""
+    answerable question's mostly are not (its passage has them). `seen`: terms found inside a passage's text all
+    the same (`seen_in`), which are not counted."""
     total = sum(idf.values())
     if total <= 0:
         return 0.0
-    return min(1.0, sum(v for t, v in idf.items() if df.get(t, 0) == 0 or t in absent) / total)
+    return min(1.0, sum(v for t, v in idf.items() if (df.get(t, 0) == 0 or t in absent) and t not in seen) / total)
+
+
+SEEN_PASSAGES = 5  # best keyword candidates whose text is searched for the question's unindexed terms
+
+
+def seen_in(terms, texts: Sequence[str]) -> set[str]:
+    """The `terms` that occur inside one of `texts` (passage texts, as stored): a term no chunk was indexed with
+    may still be in the text, cut otherwise. jieba cuts a name it does not know by its context ("锦地罗" in the
+    passage, "锦地 / 罗" in "锦地罗的全长是多少"; "潘仕成为何" -> "潘仕 / 成为"), so such a term is a segmentation
+    artefact, not a word the KB lacks. Texts are folded as terms are (NFKC, lower case, Simplified)."""
+    from kb_qa.store.terms import fold, strip_noise
+
+    terms = [t for t in terms if t]
+    if not terms or not texts:
+        return set()
+    folded = [fold(strip_noise(t)) for t in texts]
+    return {t for t in terms if any(t in f for f in folded)}
+
+
+def robust_unknown_share(kb, stats, keyword: Sequence[tuple[int, float]],
+                         absent: set[str] | frozenset[str] = frozenset()) -> float:
+    """`unknown_share` of a question in `kb` (`stats`: its TermStats there), not counting terms found in the text
+    of the best `SEEN_PASSAGES` keyword candidates (`keyword`: [(chunk id, BM25)], best first). The texts are read
+    only when some term is unknown."""
+    unknown = [t for t, d in stats.df.items() if d == 0 or t in absent]
+    if not unknown or not keyword:
+        return unknown_share(stats.idf, stats.df, absent)
+    recs = kb.get_chunks([c for c, _ in keyword[:SEEN_PASSAGES]])
+    return unknown_share(stats.idf, stats.df, absent, seen_in(unknown, [r.text for r in recs.values()]))
 
 
 def _mask(d: int, keep: Sequence[int]) -> np.ndarray:
@@ -374,11 +487,20 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
         return cal
     vectors = embeddings.encode_queries([q for _, _, q, _ in drawn])
     rest_vectors = embeddings.encode([r for _, _, _, r in drawn])
+    # Query-like questions for the answerability model: a few of the sentence's terms, as a user would type them
+    # plus one or two words of another sentence of the KB: a real question shares only part of its words with its
+    # passage (paraphrase, the asker's own words); terms drawn from the passage alone make answering look easy
+    # (measured: refused_answerable 0.018-0.058 on the dev sets without them, 0.017-0.040 with them)
+    short = [_joined(query_like(query_terms(q), cid)
+                     + query_like(query_terms(drawn[(i + 1) % len(drawn)][2]), cid + 1)[: 1 + cid % 2])
+             for i, (cid, _, q, _) in enumerate(drawn)]
+    short_vectors = embeddings.encode_queries(short)
     sha_of = {cid: rec.sha256 for cid, rec in recs.items()}
     # BM25's average chunk length, estimated on the sampled chunks (in terms, as the FTS5 index counts them)
     avgdl = max(1.0, float(np.mean([len(search_terms(rec.text)) for rec in recs.values()])))
     questions: list[_Question] = []
-    for (cid, sha, question, rest), qvec, rvec in zip(drawn, vectors, rest_vectors, strict=True):
+    for (cid, sha, question, rest), qvec, rvec, sterms, svec in zip(drawn, vectors, rest_vectors, short,
+                                                                     short_vectors, strict=True):
         dense = dense_candidates(kb, qvec, candidates)
         stats = TermStats(kb, query_terms(question))
         keyword = keyword_candidates(kb, question, candidates)
@@ -415,12 +537,62 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
                                                     if d - (t in in_chunk) <= 0 and t not in rest_set})
         # unanswerable: every chunk that has it belongs to the source document
         u_neg = unknown_share(stats.idf, stats.df, {t for t, d in stats.df.items() if d - in_doc.get(t, 0) <= 0})
+        ev_pos, ev_neg = _answerability_pair(kb, query_terms(sterms), svec, candidates, sha, sha_of, in_doc)
         questions.append(_Question(np.asarray(rows, dtype=np.float64), target,
-                                   d_rank if d_rank <= candidates else None, k_rank, u_pos, u_neg))
+                                   d_rank if d_rank <= candidates else None, k_rank, u_pos, u_neg, ev_pos, ev_neg))
     cal = fit(questions)
     cal.generation = generation
     cal.seconds = round(time.perf_counter() - started, 2)
     return cal
+
+
+def query_like(terms: Sequence[str], seed: int) -> list[str]:
+    """A search-style question from a sentence's distinct terms: 3 to 6 of them (as many as the sentence has, if
+    fewer), drawn at random (reproducibly, from `seed`), kept in order. A sentence asked whole matches its own
+    passage by every word, one with its sentence removed by almost none; a user's question sits between: a few of
+    the passage's words, the rare ones among them or not."""
+    terms = list(dict.fromkeys(terms))
+    rng = np.random.default_rng(seed)
+    m = min(len(terms), 3 + int(rng.integers(4)))
+    keep = sorted(rng.choice(len(terms), size=m, replace=False)) if m else []
+    return [terms[i] for i in keep]
+
+
+def _joined(terms: Sequence[str]) -> str:
+    """The question text of query-like terms. It is cut again, as a user's question is, without the passage's
+    context: a name jieba does not know may then be cut otherwise than in the passage ("锦地罗" -> "锦地 / 罗"),
+    and become a term the KB was never indexed with, as happens to real questions."""
+    return "".join(terms) if all(_CJK_TERM.search(t) for t in terms) else " ".join(terms)
+
+
+_CJK_TERM = re.compile(r"[\u3400-\u9fff]")
+
+
+def _answerability_pair(kb, terms: Sequence[str], qvec, candidates: int, sha: str, sha_of: dict[int, str],
+                        in_doc: dict[str, int]) -> tuple[Evidence | None, Evidence | None]:
+    """The `Evidence` of a query-like question against the KB as it is (its passage is there: answerable) and
+    against the KB without the question's source document (leave-one-document-out: unanswerable, its terms only
+    that document has become unknown)."""
+    from kb_qa.retrieval.dense import dense_candidates
+    from kb_qa.retrieval.keyword import TermStats
+
+    if not terms:
+        return None, None
+    stats = TermStats(kb, terms)
+    upper = stats.bm25_upper() or 1.0
+    keyword = kb.keyword_search(list(terms), candidates)
+    dense = dense_candidates(kb, qvec, candidates)
+    missing = list({c for c, _ in dense + keyword if c not in sha_of})
+    if missing:
+        sha_of.update({c: r.sha256 for c, r in kb.get_chunks(missing).items()})
+    kept = [(c, s) for c, s in keyword if sha_of.get(c) != sha]
+    dense_kept = [(c, s) for c, s in dense if sha_of.get(c) != sha]
+    pos = evidence([min(1.0, s / upper) for _, s in keyword], [dense_score(s) for _, s in dense],
+                   robust_unknown_share(kb, stats, keyword))
+    absent = {t for t, d in stats.df.items() if d - in_doc.get(t, 0) <= 0}
+    neg = evidence([min(1.0, s / upper) for _, s in kept], [dense_score(s) for _, s in dense_kept],
+                   robust_unknown_share(kb, stats, kept, absent))
+    return pos, neg
 
 
 def dense_score(cosine: float) -> float:

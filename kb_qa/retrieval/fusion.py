@@ -160,7 +160,8 @@ def _clip(value: float | None) -> float:
 def fuse_calibrated(dense: Sequence[tuple[Hashable, float]] | None,
                     keyword: Sequence[tuple[Hashable, float]] | None,
                     dense_sim: Mapping[Hashable, float] | None, keyword_sim: Mapping[Hashable, float] | None,
-                    bm25_share: Mapping[Hashable, float] | None, model_of, unknown_of=None) -> list[FusedHit]:
+                    bm25_share: Mapping[Hashable, float] | None, model_of, unknown_of=None,
+                    evidence_of=None) -> list[FusedHit]:
     """Rank the union of the candidate lists by each KB's calibrated relevance probability (calibration.py).
 
     `bm25_share`: BM25 / the question's BM25 bound, for keyword candidates (others count 0, as in calibration).
@@ -168,6 +169,8 @@ def fuse_calibrated(dense: Sequence[tuple[Hashable, float]] | None,
     so the order of the list is the order of the scores. None = that retriever is switched off.
     `unknown_of(key)`: the question's share of terms unknown to the candidate's KB (calibration.unknown_share;
     None = 0): it lowers every candidate of that KB alike, so it moves refusal, never the order within a KB.
+    `evidence_of(key)`: the `calibration.Evidence` of the candidate's KB for this question (None = not given): with
+    it, the KB's answerability model replaces the U-only recalibration (again one value per KB and question).
     """
     use_dense, use_keyword = dense is not None, keyword is not None
     ranks: dict[Hashable, list[int | None]] = {}
@@ -179,7 +182,8 @@ def fuse_calibrated(dense: Sequence[tuple[Hashable, float]] | None,
         ds = _clip((dense_sim or {}).get(key)) if use_dense else None
         ks = _clip((keyword_sim or {}).get(key)) if use_keyword else None
         bm = _clip((bm25_share or {}).get(key)) if use_keyword else None
-        p = model_of(key).probability(ds, ks, bm, unknown_of(key) if unknown_of and use_keyword else 0.0)
+        p = model_of(key).probability(ds, ks, bm, unknown_of(key) if unknown_of and use_keyword else 0.0,
+                                      evidence_of(key) if evidence_of and use_keyword else None)
         hits.append((position, FusedHit(key, p, p, ds, ks, d_rank, k_rank)))
     hits.sort(key=lambda ph: (-ph[1].score, ph[0]))
     return [h for _, h in hits]
