@@ -39,8 +39,12 @@ def assert_consistent(kb: KnowledgeBase) -> None:
     conn = records.connect(kb.path / "kb.sqlite")  # the test inspects the tables themselves
     n_chunks = records.count_chunks(conn)
     assert conn.execute("SELECT COUNT(*) FROM chunk_terms").fetchone()[0] == n_chunks
-    for sha, n in conn.execute("SELECT sha256, n_chunks FROM contents"):
-        assert conn.execute("SELECT COUNT(*) FROM chunks WHERE sha256 = ?", (sha,)).fetchone()[0] == n
+    held = 0
+    for first, n in conn.execute("SELECT first_id, n_chunks FROM contents"):  # a content's chunks: an id range
+        assert conn.execute("SELECT COUNT(*) FROM chunks WHERE id BETWEEN ? AND ?", (first, first + n - 1)
+                            ).fetchone()[0] == n
+        held += n
+    assert held == n_chunks  # no chunk outside every content's range
     assert conn.execute("SELECT COUNT(*) FROM documents WHERE sha256 NOT IN (SELECT sha256 FROM contents)"
                         ).fetchone()[0] == 0
     index = kb._current_index()

@@ -213,6 +213,86 @@ def test_the_keyword_index_keeps_no_second_copy_of_the_terms_and_removals_leave_
     assert_consistent(kb)
 
 
+def make_format_2(conn, *, keep_terms: bool = True) -> None:
+    """Turn a KB of store format 3 into what format 2 wrote (`keep_terms` False: format 1's chunks table): each
+    chunk row carries its content's sha256 (indexed), contents have no first_id."""
+    terms_col, terms_sel = (", terms BLOB", ", c.terms") if keep_terms else ("", "")
+    conn.execute("PRAGMA foreign_keys=OFF")  # documents refer to contents while it is swapped
+    conn.executescript(f"""
+        BEGIN;
+        CREATE TABLE contents_v2(sha256 TEXT PRIMARY KEY, n_chunks INTEGER NOT NULL);
+        INSERT INTO contents_v2 SELECT sha256, n_chunks FROM contents;
+        CREATE TABLE chunks_v2(id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL REFERENCES contents(sha256),
+            ordinal INTEGER NOT NULL, text TEXT NOT NULL, page INTEGER, heading TEXT, start INTEGER NOT NULL,
+            end INTEGER NOT NULL, vector BLOB NOT NULL{terms_col});
+        INSERT INTO chunks_v2 SELECT c.id, k.sha256, c.ordinal, c.text, c.page, c.heading, c.start, c.end,
+            c.vector{terms_sel} FROM chunks c JOIN contents k ON c.id BETWEEN k.first_id AND k.first_id + k.n_chunks - 1;
+        DROP TABLE chunks;
+        ALTER TABLE chunks_v2 RENAME TO chunks;
+        CREATE INDEX chunks_sha ON chunks(sha256);
+        DROP TABLE contents;
+        ALTER TABLE contents_v2 RENAME TO contents;
+        COMMIT;""")
+    conn.execute("PRAGMA foreign_keys=ON")
+    records.set_meta(conn, "schema_version", "2")
+
+
+def test_a_kb_of_store_format_2_reads_as_it_is_and_its_first_writer_upgrades_it_to_ranges(tmp_path):
+    rng = np.random.default_rng(9)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt", "c.txt"])
+    query = unit(rng, 1)[0]
+    dense = kb.dense_search(query, 6)
+    keyword = kb.keyword_search(search_terms("b.txt paragraph"), 4)
+    b_ids = kb.chunk_ids_for_sources(["b.txt"])
+    chunks = kb.get_chunks(b_ids)
+    kb.close()
+    conn = records.connect(kb.path / "kb.sqlite")
+    make_format_2(conn)
+    assert not records.has_content_ranges(conn) and records.has_chunk_sha_column(conn)
+    conn.close()
+    old = KnowledgeBase.open(tmp_path, "kb")  # a reader before any writer of this version: the sha256 join
+    assert old.dense_search(query, 6) == dense and old.keyword_search(search_terms("b.txt paragraph"), 4) == keyword
+    assert old.chunk_ids_for_sources(["b.txt"]) == b_ids and old.get_chunks(b_ids) == chunks
+    assert doctor.check(old).ok
+    with old.writer(embedding_model="m") as w:  # the first writer upgrades it, then writes as format 3
+        w.remove_document("a.txt")
+        w.put_document("d.txt", "sha-d.txt", 100, None,
+                       [Chunk(text=f"d.txt 段落 {k}", source="d.txt", ordinal=k) for k in range(4)], unit(rng, 4))
+        w.commit()
+    conn = records.connect(kb.path / "kb.sqlite")
+    assert records.has_content_ranges(conn) and records.get_meta(conn, "schema_version") == "3"
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunks_sha'").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM chunks WHERE sha256 = 'sha-d.txt'").fetchone()[0] == 4  # still filled
+    conn.close()
+    assert old.get_chunks(b_ids) == chunks and old.chunk_ids_for_sources(["b.txt"]) == b_ids
+    assert {c.sources for c in old.get_chunks(old.chunk_ids_for_sources(["d.txt"])).values()} == {("d.txt",)}
+    assert not old.chunk_ids_for_sources(["a.txt"])
+    assert doctor.check(old).ok
+    assert_consistent(old)
+
+
+def test_a_content_missing_a_chunk_is_reported_and_repair_drops_its_document(tmp_path):
+    rng = np.random.default_rng(10)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt", "c.txt"])
+    b_ids = sorted(kb.chunk_ids_for_sources(["b.txt"]))
+    kb.close()
+    conn = records.connect(kb.path / "kb.sqlite")
+    conn.execute("BEGIN")
+    records.delete_keyword_rows(conn, [b_ids[2]])
+    conn.execute("DELETE FROM chunks WHERE id = ?", (b_ids[2],))  # a gap in b.txt's id range
+    records.set_meta(conn, "chunk_count", str(records.count_chunks(conn)))
+    conn.execute("COMMIT")
+    conn.close()
+    assert any("chunk count disagrees" in p for p in doctor.check(kb).problems)
+    done = doctor.repair(kb)
+    assert any("incomplete" in d for d in done), done
+    assert doctor.check(kb).ok
+    assert {d.source for d in kb.documents()} == {"a.txt", "c.txt"}
+    assert_consistent(kb)
+
+
 def test_a_kb_of_store_format_1_is_refused_with_the_fix_and_repair_upgrades_it(tmp_path):
     rng = np.random.default_rng(8)
     kb = KnowledgeBase.open(tmp_path, "kb", create=True)
@@ -224,16 +304,7 @@ def test_a_kb_of_store_format_1_is_refused_with_the_fix_and_repair_upgrades_it(t
     conn.execute("CREATE VIRTUAL TABLE chunk_terms USING fts5(terms, tokenize = 'unicode61 remove_diacritics 2')")
     conn.executemany("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)",
                      [(i, fts_document(t)) for i, t in conn.execute("SELECT id, text FROM chunks").fetchall()])
-    conn.executescript("""
-        BEGIN;
-        CREATE TABLE chunks_v1(id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL REFERENCES contents(sha256),
-            ordinal INTEGER NOT NULL, text TEXT NOT NULL, page INTEGER, heading TEXT, start INTEGER NOT NULL,
-            end INTEGER NOT NULL, vector BLOB NOT NULL);
-        INSERT INTO chunks_v1 SELECT id, sha256, ordinal, text, page, heading, start, end, vector FROM chunks;
-        DROP TABLE chunks;
-        ALTER TABLE chunks_v1 RENAME TO chunks;
-        CREATE INDEX chunks_sha ON chunks(sha256);
-        COMMIT;""")
+    make_format_2(conn, keep_terms=False)
     records.set_meta(conn, "schema_version", "1")
     conn.close()
     with pytest.raises(AnalyserMismatch, match="store format 1.*kb repair"):
@@ -243,6 +314,6 @@ def test_a_kb_of_store_format_1_is_refused_with_the_fix_and_repair_upgrades_it(t
     assert any("store format 1" in p for p in doctor.check(kb).problems)
     assert kb.dense_search(unit(rng, 1)[0], 3)  # vectors and texts are unchanged: dense search still works
     doctor.repair(kb)
-    assert doctor.check(kb).ok and records.get_meta(records.connect(kb.path / "kb.sqlite"), "schema_version") == "2"
+    assert doctor.check(kb).ok and records.get_meta(records.connect(kb.path / "kb.sqlite"), "schema_version") == "3"
     assert kb.keyword_search(search_terms("b.txt paragraph"), 4) == expected
     assert_consistent(kb)

@@ -82,10 +82,16 @@ def _check(kb: KnowledgeBase) -> CheckReport:
         analyser = records.get_meta(conn, ANALYSER_META_KEY) or "1"
         if chunks and analyser != ANALYSER_VERSION:
             report.problems.append(f"keyword index cut by term analyser version {analyser}, not {ANALYSER_VERSION}")
-        bad = conn.execute("SELECT COUNT(*) FROM contents c WHERE n_chunks != "
-                           "(SELECT COUNT(*) FROM chunks WHERE sha256 = c.sha256)").fetchone()[0]
+        belongs = records._content_join(conn)  # format 3: the content's id range; older: chunks.sha256
+        bad = conn.execute(f"SELECT COUNT(*) FROM contents k WHERE n_chunks != "
+                           f"(SELECT COUNT(*) FROM chunks c WHERE {belongs})").fetchone()[0]
         if bad:
             report.problems.append(f"{bad} contents whose chunk count disagrees with their chunks")
+        held = conn.execute(f"SELECT COALESCE(SUM((SELECT COUNT(*) FROM chunks c WHERE {belongs})), 0) "
+                            f"FROM contents k").fetchone()[0]  # O(chunks): each range is a rowid range
+        outside = chunks - held
+        if outside:
+            report.problems.append(f"{outside} chunks of no content")
         dangling = conn.execute("SELECT COUNT(*) FROM documents WHERE sha256 NOT IN "
                                 "(SELECT sha256 FROM contents)").fetchone()[0]
         if dangling:
@@ -145,6 +151,30 @@ def repair(kb: KnowledgeBase, *, lock_timeout_s: float = 10.0) -> list[str]:
     return done
 
 
+def _drop_damaged_contents(conn) -> list[str]:
+    """Format 3: remove the documents of contents whose id range lacks some chunk rows; returns their paths (the
+    contents themselves are then orphans, removed by the caller)."""
+    damaged = [r[0] for r in conn.execute(
+        "SELECT sha256 FROM contents k WHERE n_chunks != (SELECT COUNT(*) FROM chunks c WHERE c.id BETWEEN "
+        "k.first_id AND k.first_id + k.n_chunks - 1)")]
+    sources: list[str] = []
+    for sha in damaged:
+        sources.extend(r[0] for r in conn.execute("SELECT source FROM documents WHERE sha256 = ?", (sha,)))
+        conn.execute("DELETE FROM documents WHERE sha256 = ?", (sha,))
+    return sources
+
+
+def _drop_chunks_of_no_content(conn) -> list[int]:
+    """Remove chunk rows no content holds (their keyword rows first); returns their ids."""
+    belongs = records._content_join(conn)
+    ids = [r[0] for r in conn.execute(f"SELECT id FROM chunks WHERE id NOT IN "
+                                      f"(SELECT c.id FROM contents k JOIN chunks c ON {belongs})")]
+    if ids:
+        records.delete_keyword_rows(conn, ids)
+        conn.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in ids))
+    return ids
+
+
 def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
     """The records' part of `repair`, in one transaction; returns the generation of the approximate index file
     it wrote (0: none, the KB is searched exactly). A disk
@@ -162,8 +192,20 @@ def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
                 done.append(f"dropped {len(removed)} chunks of contents no document refers to")
                 records.add_tombstones(conn, removed, generation)
             conn.execute("DELETE FROM documents WHERE sha256 NOT IN (SELECT sha256 FROM contents)")
-            conn.execute("UPDATE contents SET n_chunks = "
-                         "(SELECT COUNT(*) FROM chunks WHERE sha256 = contents.sha256)")
+            removed = _drop_chunks_of_no_content(conn)
+            if removed:
+                done.append(f"dropped {len(removed)} chunks of no content")
+                records.add_tombstones(conn, removed, generation)
+            if records.has_content_ranges(conn):
+                # a content missing some of its range's chunks cannot be told apart from its neighbours by a
+                # shorter count (ids are its identity): it goes with its documents, which the next ingest re-adds
+                gone = _drop_damaged_contents(conn)
+                if gone:
+                    done.append(f"dropped {len(gone)} documents whose chunks were incomplete (re-ingest them)")
+                    records.add_tombstones(conn, records.delete_orphan_contents(conn), generation)
+            else:
+                conn.execute("UPDATE contents SET n_chunks = "
+                             "(SELECT COUNT(*) FROM chunks WHERE sha256 = contents.sha256)")
             records.upgrade_keyword_index(conn)  # an empty contentless index (and chunks.terms, for format 1)
             rows = conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
             for start in range(0, len(rows), 4096):  # terms cut once, written to the index and to chunks.terms

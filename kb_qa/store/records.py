@@ -6,9 +6,13 @@ derived from it and can always be rebuilt from it. Nothing here can execute stor
 Tables:
   meta(key, value)                 embedding model/dimension, commit generation, the approximate index's file
                                    (generation, sha256, count, highest chunk id), schema version
-  contents(sha256, n_chunks)       one row per distinct file content; chunks hang off it
+  contents(sha256, n_chunks,       one row per distinct file content; its chunks are the ids first_id ..
+           first_id)               first_id + n_chunks - 1: one content's chunks are inserted together, in one
+                                   transaction of the only writer, so AUTOINCREMENT gives them consecutive ids
+                                   (checked at insert). Format 2 kept the content's sha256 in every chunk row and
+                                   an index on it instead: 150 bytes a chunk (see `upgrade_content_ranges`)
   documents(source -> sha256)      one row per document path; two paths with the same bytes share one content
-  chunks(id, sha256, ...)          ids are AUTOINCREMENT: never reused, never shifted by deletions; `terms` holds
+  chunks(id, ...)                  ids are AUTOINCREMENT: never reused, never shifted by deletions; `terms` holds
                                    the chunk's keyword terms (what chunk_terms indexed), DEFLATE-compressed with
                                    the chunk's own text as the preset dictionary (~160 bytes instead of ~600)
   chunk_terms(terms)               FTS5, contentless (content=''), rowid = chunks.id: the term index and the
@@ -31,14 +35,17 @@ from typing import overload
 
 import numpy as np
 
-SCHEMA_VERSION = "2"  # 1: terms stored by FTS5 itself (content table); 2: contentless FTS5 + chunks.terms
+# 1: terms stored by FTS5 itself (content table); 2: contentless FTS5 + chunks.terms; 3: a content's chunks found
+# by their id range (contents.first_id), no chunks.sha256 in new KBs and no index on it in upgraded ones
+SCHEMA_VERSION = "3"
 SCHEMA_META_KEY = "schema_version"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contents(
     sha256 TEXT PRIMARY KEY,
-    n_chunks INTEGER NOT NULL
+    n_chunks INTEGER NOT NULL,
+    first_id INTEGER                      -- its first chunk's id; its chunks: first_id .. first_id + n_chunks - 1
 );
 CREATE TABLE IF NOT EXISTS documents(
     source TEXT PRIMARY KEY,              -- path relative to the knowledge base, '/'-separated
@@ -50,8 +57,7 @@ CREATE TABLE IF NOT EXISTS documents(
 );
 CREATE INDEX IF NOT EXISTS documents_sha ON documents(sha256);
 CREATE TABLE IF NOT EXISTS chunks(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sha256 TEXT NOT NULL REFERENCES contents(sha256),
+    id INTEGER PRIMARY KEY AUTOINCREMENT, -- its content: the contents row whose id range holds it
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
     page INTEGER,
@@ -61,16 +67,18 @@ CREATE TABLE IF NOT EXISTS chunks(
     vector BLOB NOT NULL,                 -- float32 little-endian, L2-normalised
     terms BLOB                            -- the FTS terms, raw DEFLATE with `text` as dictionary (encode_terms)
 );
-CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(sha256);
 CREATE TABLE IF NOT EXISTS tombstones(
     chunk_id INTEGER PRIMARY KEY,         -- a removed chunks.id (ids are never reused)
     generation INTEGER NOT NULL           -- the commit generation that removed it
 );
 CREATE INDEX IF NOT EXISTS tombstones_generation ON tombstones(generation);
 """
-# 16 KiB pages for new knowledge bases: a chunk row (1.5 KB vector + text) is 2-3 KB, so 4 KiB pages hold one row
-# and waste ~40% of the file; 16 KiB pages hold six. Only takes effect before the first table is created.
-PAGE_SIZE = 16384
+# 64 KiB pages for new knowledge bases: a chunk row (1.5 KB vector + text) is 2-3 KB and a row never straddles two
+# leaf pages, so each page ends with on average half a row of unused space: 4 KiB pages hold one row (~40% of the
+# file unused), 16 KiB pages six (151 B a chunk unused, measured), 64 KiB pages ~27 (55 B). Only takes effect
+# before the first table is created.
+PAGE_SIZE = 65536
+CONTENTS_FIRST_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS contents_first ON contents(first_id)"
 FTS_TABLE = ("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms "
              "USING fts5(terms, content = '', tokenize = 'unicode61 remove_diacritics 2')")
 SCHEMA += FTS_TABLE + ";\n"
@@ -137,6 +145,7 @@ def init_schema(conn: sqlite3.Connection) -> None:
     if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.executescript(SCHEMA)
+    upgrade_content_ranges(conn)
     # The format is read from the tables themselves (a KB of schema 1 has no chunks.terms), never from the meta
     # alone: a KB older than the recorded version must not be taken for a new one.
     current = has_terms_column(conn)
@@ -161,6 +170,68 @@ def init_schema(conn: sqlite3.Connection) -> None:
 
 def has_terms_column(conn: sqlite3.Connection) -> bool:
     return any(row[1] == "terms" for row in conn.execute("PRAGMA table_info(chunks)"))
+
+
+def has_chunk_sha_column(conn: sqlite3.Connection) -> bool:
+    """Whether chunks carry their content's sha256 (a KB created by store format 1 or 2)."""
+    return any(row[1] == "sha256" for row in conn.execute("PRAGMA table_info(chunks)"))
+
+
+def has_content_ranges(conn: sqlite3.Connection) -> bool:
+    """Whether contents record their chunks' id range (store format 3; a KB of format 1 or 2 until a writer of
+    this version upgrades it: `upgrade_content_ranges`). Readers of an older KB join on chunks.sha256 instead."""
+    return any(row[1] == "first_id" for row in conn.execute("PRAGMA table_info(contents)"))
+
+
+def upgrade_content_ranges(conn: sqlite3.Connection) -> None:
+    """Format 1/2 -> 3, in one transaction (a kill leaves the old format, which still reads and writes): each
+    content's first chunk id recorded, the ranges checked against the rows, then the index on chunks.sha256
+    dropped (84 bytes a chunk). The column itself stays (filled by later inserts too, so a reader of the older
+    layout stays right), as rewriting every row would cost a copy of the KB; `--rebuild` keeps it as well. A KB
+    whose chunks are not in consecutive ranges (never written by kb_qa) is left as it is, index and all."""
+    if has_content_ranges(conn):
+        conn.execute(CONTENTS_FIRST_INDEX)
+        return
+    began = not conn.in_transaction
+    if began:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        if has_content_ranges(conn):  # another writer upgraded it meanwhile
+            if began:
+                conn.execute("COMMIT")
+            return
+        conn.execute("ALTER TABLE contents ADD COLUMN first_id INTEGER")
+        conn.execute("UPDATE contents SET first_id = (SELECT MIN(id) FROM chunks WHERE sha256 = contents.sha256)")
+        broken = conn.execute(
+            "SELECT COUNT(*) FROM contents k WHERE first_id IS NULL OR n_chunks != (SELECT COUNT(*) FROM chunks c "
+            "WHERE c.id BETWEEN k.first_id AND k.first_id + k.n_chunks - 1 AND c.sha256 = k.sha256)").fetchone()[0]
+        if broken:
+            raise _NotInRanges
+        conn.execute(CONTENTS_FIRST_INDEX)
+        conn.execute("DROP INDEX IF EXISTS chunks_sha")
+        if has_terms_column(conn):  # format 1 stays 1 (its keyword index still needs `kb repair`)
+            set_meta(conn, SCHEMA_META_KEY, SCHEMA_VERSION)
+    except _NotInRanges:
+        if began:
+            conn.execute("ROLLBACK")
+        return
+    except BaseException:
+        if began and conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if began:
+        conn.execute("COMMIT")
+
+
+class _NotInRanges(Exception):
+    """A content's chunks are not one consecutive id range: the KB keeps the format-2 layout."""
+
+
+def _content_join(conn: sqlite3.Connection, content: str = "k", chunk: str = "c") -> str:
+    """The SQL condition that chunk row `chunk` belongs to contents row `content`, in this KB's layout."""
+    if has_content_ranges(conn):
+        return f"{chunk}.id BETWEEN {content}.first_id AND {content}.first_id + {content}.n_chunks - 1"
+    return f"{chunk}.sha256 = {content}.sha256"
 
 
 def upgrade_keyword_index(conn: sqlite3.Connection) -> None:
@@ -287,18 +358,24 @@ def content_exists(conn: sqlite3.Connection, sha256: str) -> bool:
 def insert_content(conn: sqlite3.Connection, sha256: str, chunks: list, vectors: np.ndarray,
                    terms: list[str]) -> list[int]:
     """Rows for a new content: its chunks with vectors and keyword terms. Returns the new chunk ids."""
+    ranges = has_content_ranges(conn)
     conn.execute("INSERT INTO contents(sha256, n_chunks) VALUES (?, ?)", (sha256, len(chunks)))
+    # A KB of format 1/2 (until upgraded, or never: see upgrade_content_ranges) keeps the sha256 in each chunk row.
+    with_sha = has_chunk_sha_column(conn)
+    sql = ("INSERT INTO chunks(" + ("sha256, " if with_sha else "") + "ordinal, text, page, heading, start, end, "
+           "vector, terms) VALUES (" + ("?," if with_sha else "") + "?,?,?,?,?,?,?,?)")
     ids = []
     for chunk, vector, chunk_terms in zip(chunks, vectors, terms, strict=True):
-        cur = conn.execute(
-            "INSERT INTO chunks(sha256, ordinal, text, page, heading, start, end, vector, terms) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (sha256, chunk.ordinal, chunk.text, chunk.page, chunk.heading, chunk.start, chunk.end,
-             np.asarray(vector, dtype="<f4").tobytes(), encode_terms(chunk.text, chunk_terms)),
-        )
+        row = (chunk.ordinal, chunk.text, chunk.page, chunk.heading, chunk.start, chunk.end,
+               np.asarray(vector, dtype="<f4").tobytes(), encode_terms(chunk.text, chunk_terms))
+        cur = conn.execute(sql, (sha256, *row) if with_sha else row)
         assert cur.lastrowid is not None  # always set after a successful INSERT into a rowid table
         ids.append(cur.lastrowid)
         conn.execute("INSERT INTO chunk_terms(rowid, terms) VALUES (?, ?)", (cur.lastrowid, chunk_terms))
+    if ranges:
+        if ids != list(range(ids[0], ids[0] + len(ids))):  # one writer, one transaction: cannot happen
+            raise RuntimeError(f"content {sha256[:12]}: its chunks did not get consecutive ids ({ids[:3]}...)")
+        conn.execute("UPDATE contents SET first_id = ? WHERE sha256 = ?", (ids[0], sha256))
     return ids
 
 
@@ -327,11 +404,14 @@ def delete_orphan_contents(conn: sqlite3.Connection, candidates: Iterable[str] |
                    if conn.execute("SELECT 1 FROM documents WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None
                    and content_exists(conn, sha)]
     removed: list[int] = []
+    belongs = _content_join(conn)
     for sha in orphans:
-        ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE sha256 = ?", (sha,))]
+        ids = [r[0] for r in conn.execute(f"SELECT c.id FROM contents k JOIN chunks c ON {belongs} "
+                                          f"WHERE k.sha256 = ?", (sha,))]
         removed.extend(ids)
         delete_keyword_rows(conn, ids)
-        conn.execute("DELETE FROM chunks WHERE sha256 = ?", (sha,))
+        for part in _in_batches(ids):
+            conn.execute(f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(part))})", part)
         conn.execute("DELETE FROM contents WHERE sha256 = ?", (sha,))
     return removed
 
@@ -377,14 +457,17 @@ def get_chunks(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, ChunkR
     if not ids:
         return {}
     out: dict[int, ChunkRecord] = {}
+    # format 3: the content with the highest first_id <= the chunk's id (one index probe), if its range holds it
+    content_of = ("k.sha256 = (SELECT sha256 FROM contents WHERE first_id <= c.id ORDER BY first_id DESC LIMIT 1) "
+                  "AND c.id < k.first_id + k.n_chunks" if has_content_ranges(conn) else "k.sha256 = c.sha256")
     for start in range(0, len(ids), 500):  # stay below SQLite's bound-parameter limit
         part = ids[start:start + 500]
         marks = ",".join("?" * len(part))
         rows = conn.execute(
-            f"SELECT c.id, c.sha256, c.ordinal, c.text, c.page, c.heading, "
+            f"SELECT c.id, k.sha256, c.ordinal, c.text, c.page, c.heading, "
             f"(SELECT group_concat(source, char(0)) FROM (SELECT source FROM documents d "
-            f" WHERE d.sha256 = c.sha256 ORDER BY source)) "
-            f"FROM chunks c WHERE c.id IN ({marks})", part)
+            f" WHERE d.sha256 = k.sha256 ORDER BY source)) "
+            f"FROM chunks c JOIN contents k ON {content_of} WHERE c.id IN ({marks})", part)
         for cid, sha, ordinal, text, page, heading, sources in rows:
             out[cid] = ChunkRecord(cid, sha, ordinal, text, page, heading,
                                    tuple(sources.split("\x00")) if sources else ())
@@ -397,9 +480,11 @@ def chunk_ids(conn: sqlite3.Connection) -> list[int]:
 
 def chunk_ids_for_sources(conn: sqlite3.Connection, sources: Iterable[str]) -> set[int]:
     ids: set[int] = set()
+    belongs = _content_join(conn)
     for source in sources:
         ids.update(r[0] for r in conn.execute(
-            "SELECT c.id FROM chunks c JOIN documents d ON d.sha256 = c.sha256 WHERE d.source = ?", (source,)))
+            f"SELECT c.id FROM documents d JOIN contents k ON k.sha256 = d.sha256 JOIN chunks c ON {belongs} "
+            f"WHERE d.source = ?", (source,)))
     return ids
 
 
