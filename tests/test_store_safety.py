@@ -70,7 +70,7 @@ def test_writer_refuses_a_database_with_damaged_pages(tmp_path):
     db = kb.path / "kb.sqlite"
     conn = records.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page = conn.execute("PRAGMA page_size").fetchone()[0]  # 16 KiB for a new KB (records.PAGE_SIZE)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]  # 64 KiB for a new KB (records.PAGE_SIZE)
     conn.close()
     data = bytearray(db.read_bytes())
     assert len(data) > 8 * page
@@ -165,7 +165,7 @@ def test_small_tmpfs_fills_up_cleanly(tmp_path):
 
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
                       capture_output=True, check=False).returncode:
         pytest.skip("mount -t tmpfs is not permitted here (container without CAP_SYS_ADMIN)")
     try:

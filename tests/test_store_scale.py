@@ -226,7 +226,8 @@ def make_format_2(conn, *, keep_terms: bool = True) -> None:
             ordinal INTEGER NOT NULL, text TEXT NOT NULL, page INTEGER, heading TEXT, start INTEGER NOT NULL,
             end INTEGER NOT NULL, vector BLOB NOT NULL{terms_col});
         INSERT INTO chunks_v2 SELECT c.id, k.sha256, c.ordinal, c.text, c.page, c.heading, c.start, c.end,
-            c.vector{terms_sel} FROM chunks c JOIN contents k ON c.id BETWEEN k.first_id AND k.first_id + k.n_chunks - 1;
+            c.vector{terms_sel} FROM chunks c
+            JOIN contents k ON c.id BETWEEN k.first_id AND k.first_id + k.n_chunks - 1;
         DROP TABLE chunks;
         ALTER TABLE chunks_v2 RENAME TO chunks;
         CREATE INDEX chunks_sha ON chunks(sha256);
@@ -270,6 +271,37 @@ def test_a_kb_of_store_format_2_reads_as_it_is_and_its_first_writer_upgrades_it_
     assert not old.chunk_ids_for_sources(["a.txt"])
     assert doctor.check(old).ok
     assert_consistent(old)
+
+
+def test_a_kill_during_the_format_2_upgrade_leaves_format_2_and_the_next_writer_upgrades_it(tmp_path):
+    rng = np.random.default_rng(11)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"])
+    query = unit(rng, 1)[0]
+    expected = kb.dense_search(query, 10)
+    kb.close()
+    conn = records.connect(kb.path / "kb.sqlite")
+    make_format_2(conn)
+    conn.close()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from kb_qa.store import KnowledgeBase; "
+            "w = KnowledgeBase.open(sys.argv[2], 'kb').writer(embedding_model='m'); w.__enter__()")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, KB_QA_CRASH_AT="upgrade-before-commit"))
+    assert proc.returncode == 99, proc.stderr
+    conn = records.connect(kb.path / "kb.sqlite")
+    assert not records.has_content_ranges(conn) and records.get_meta(conn, "schema_version") == "2"
+    assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunks_sha'").fetchone()[0] == 1
+    conn.close()
+    kb = KnowledgeBase.open(tmp_path, "kb")
+    assert kb.dense_search(query, 10) == expected and doctor.check(kb).ok
+    with kb.writer(embedding_model="m") as w:
+        w.remove_document("a.txt")
+        w.commit()
+    conn = records.connect(kb.path / "kb.sqlite")
+    assert records.has_content_ranges(conn) and records.get_meta(conn, "schema_version") == "3"
+    conn.close()
+    assert doctor.check(kb).ok
+    assert_consistent(kb)
 
 
 def test_a_content_missing_a_chunk_is_reported_and_repair_drops_its_document(tmp_path):

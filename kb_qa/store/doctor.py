@@ -82,7 +82,7 @@ def _check(kb: KnowledgeBase) -> CheckReport:
         analyser = records.get_meta(conn, ANALYSER_META_KEY) or "1"
         if chunks and analyser != ANALYSER_VERSION:
             report.problems.append(f"keyword index cut by term analyser version {analyser}, not {ANALYSER_VERSION}")
-        belongs = records._content_join(conn)  # format 3: the content's id range; older: chunks.sha256
+        belongs = records.content_join(conn)  # format 3: the content's id range; older: chunks.sha256
         bad = conn.execute(f"SELECT COUNT(*) FROM contents k WHERE n_chunks != "
                            f"(SELECT COUNT(*) FROM chunks c WHERE {belongs})").fetchone()[0]
         if bad:
@@ -166,7 +166,7 @@ def _drop_damaged_contents(conn) -> list[str]:
 
 def _drop_chunks_of_no_content(conn) -> list[int]:
     """Remove chunk rows no content holds (their keyword rows first); returns their ids."""
-    belongs = records._content_join(conn)
+    belongs = records.content_join(conn)
     ids = [r[0] for r in conn.execute(f"SELECT id FROM chunks WHERE id NOT IN "
                                       f"(SELECT c.id FROM contents k JOIN chunks c ON {belongs})")]
     if ids:

@@ -24,6 +24,7 @@ Tables:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
@@ -211,6 +212,8 @@ def upgrade_content_ranges(conn: sqlite3.Connection) -> None:
         conn.execute("DROP INDEX IF EXISTS chunks_sha")
         if has_terms_column(conn):  # format 1 stays 1 (its keyword index still needs `kb repair`)
             set_meta(conn, SCHEMA_META_KEY, SCHEMA_VERSION)
+        if os.environ.get("KB_QA_CRASH_AT") == "upgrade-before-commit":  # the durability tests' kill (writer.py)
+            os._exit(99)
     except _NotInRanges:
         if began:
             conn.execute("ROLLBACK")
@@ -227,7 +230,7 @@ class _NotInRanges(Exception):
     """A content's chunks are not one consecutive id range: the KB keeps the format-2 layout."""
 
 
-def _content_join(conn: sqlite3.Connection, content: str = "k", chunk: str = "c") -> str:
+def content_join(conn: sqlite3.Connection, content: str = "k", chunk: str = "c") -> str:
     """The SQL condition that chunk row `chunk` belongs to contents row `content`, in this KB's layout."""
     if has_content_ranges(conn):
         return f"{chunk}.id BETWEEN {content}.first_id AND {content}.first_id + {content}.n_chunks - 1"
@@ -404,7 +407,7 @@ def delete_orphan_contents(conn: sqlite3.Connection, candidates: Iterable[str] |
                    if conn.execute("SELECT 1 FROM documents WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None
                    and content_exists(conn, sha)]
     removed: list[int] = []
-    belongs = _content_join(conn)
+    belongs = content_join(conn)
     for sha in orphans:
         ids = [r[0] for r in conn.execute(f"SELECT c.id FROM contents k JOIN chunks c ON {belongs} "
                                           f"WHERE k.sha256 = ?", (sha,))]
@@ -480,7 +483,7 @@ def chunk_ids(conn: sqlite3.Connection) -> list[int]:
 
 def chunk_ids_for_sources(conn: sqlite3.Connection, sources: Iterable[str]) -> set[int]:
     ids: set[int] = set()
-    belongs = _content_join(conn)
+    belongs = content_join(conn)
     for source in sources:
         ids.update(r[0] for r in conn.execute(
             f"SELECT c.id FROM documents d JOIN contents k ON k.sha256 = d.sha256 JOIN chunks c ON {belongs} "
