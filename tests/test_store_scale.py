@@ -304,6 +304,28 @@ def test_a_kill_during_the_format_2_upgrade_leaves_format_2_and_the_next_writer_
     assert_consistent(kb)
 
 
+def test_a_format_2_kb_whose_contents_are_not_id_ranges_keeps_format_2_and_works(tmp_path):
+    rng = np.random.default_rng(12)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"])
+    a_ids, b_ids = sorted(kb.chunk_ids_for_sources(["a.txt"])), sorted(kb.chunk_ids_for_sources(["b.txt"]))
+    kb.close()
+    conn = records.connect(kb.path / "kb.sqlite")
+    make_format_2(conn)
+    conn.execute("UPDATE chunks SET sha256 = CASE id WHEN ? THEN 'sha-b.txt' ELSE 'sha-a.txt' END WHERE id IN (?, ?)",
+                 (a_ids[1], a_ids[1], b_ids[1]))  # one chunk of each swapped: counts right, ranges not
+    conn.close()
+    with kb.writer(embedding_model="m") as w:
+        w.remove_document("a.txt")
+        w.commit()
+    conn = records.connect(kb.path / "kb.sqlite")
+    assert not records.has_content_ranges(conn) and records.get_meta(conn, "schema_version") == "2"
+    conn.close()
+    assert kb.chunk_ids_for_sources(["b.txt"]) == set(b_ids) - {b_ids[1]} | {a_ids[1]}
+    assert doctor.check(kb).ok
+    assert kb.info().chunks == 5
+
+
 def test_a_content_missing_a_chunk_is_reported_and_repair_drops_its_document(tmp_path):
     rng = np.random.default_rng(10)
     kb = KnowledgeBase.open(tmp_path, "kb", create=True)
