@@ -211,7 +211,8 @@ def chunk_vectors(store: Path):
     import numpy as np
 
     with sqlite3.connect(store / "vs" / "quality" / "kb.sqlite") as conn:
-        rows = conn.execute("SELECT sha256, ordinal, vector FROM chunks").fetchall()
+        rows = conn.execute("SELECT k.sha256, c.ordinal, c.vector FROM chunks c JOIN contents k "
+                            "ON c.id BETWEEN k.first_id AND k.first_id + k.n_chunks - 1").fetchall()  # format 3
     return {(sha, ordinal): np.frombuffer(blob, dtype="<f4") for sha, ordinal, blob in rows}
 
 
