@@ -131,11 +131,14 @@ def identifier_terms(folded: str) -> list[str]:
 # Character bigrams: jieba cuts a name it does not know by its context, differently in a question and in its
 # passage ("锦地罗发源于" -> 锦地罗, "锦地罗的全长" -> 锦地 / 罗), so no word term matches. The two characters next to
 # each other match whatever the cut: every pair of adjacent CJK characters of which one lies in a word jieba's
-# dictionary lacks (an HMM guess) or in a one-character word is one extra term, prefixed by a private-use
+# dictionary lacks (its HMM's guess, where names end up) is one extra term, prefixed by a private-use
 # character (U+E002, kept inside an FTS5 token) so a bigram never equals the word it spells. Pairs with a
 # character of a stop word cut as such ("罗 / 的", "垫 / 什么") are left out: they say which particle followed.
 NGRAM_PREFIX = "\ue002"
-NGRAM_MODE = "oov"  # "oov": pairs touching an unknown / one-character word; "all": every adjacent pair; "": none
+# Measured (bench/README.md): "oov" ranks best; "oov1" (also pairs touching a one-character word) and "all" (every
+# pair) add noise pairs ("菜很", "很好") and cost hit@1 on xquad_zh.
+# "oov": pairs touching an unknown word; "oov1": or a one-character word; "all": every pair; "": none
+NGRAM_MODE = "oov"
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 
@@ -147,16 +150,17 @@ def is_ngram(term: str) -> bool:
 _PLAIN, _WEAK, _PARTICLE = 0, 1, 2
 
 
-def _char_kinds(text: str) -> list[int]:
+def _char_kinds(text: str, mode: str) -> list[int]:
     """Per character of `text`, from jieba's precise cut: _PARTICLE in a stop word ("的", "是", "什么"),
-    _WEAK in another one-character CJK word or in a CJK word jieba's dictionary lacks, else _PLAIN."""
+    _WEAK in a CJK word of two or more characters jieba's dictionary lacks (or, `mode` "oov1", of one
+    character), else _PLAIN."""
     jieba = _jieba()
     freq = jieba.dt.FREQ  # word -> count; prefixes of words are there with 0
     kinds: list[int] = []
     for word in jieba.lcut(text):
         if word in STOP_WORDS:
             kind = _PARTICLE
-        elif _CJK.match(word) and (len(word) == 1 or not freq.get(word)):
+        elif _CJK.match(word) and (not freq.get(word) if len(word) > 1 else mode == "oov1"):
             kind = _WEAK
         else:
             kind = _PLAIN
@@ -169,7 +173,7 @@ def ngram_terms(folded: str, mode: str | None = None) -> list[str]:
     mode = NGRAM_MODE if mode is None else mode
     if not mode or not _CJK.search(folded):
         return []
-    kinds = _char_kinds(folded)
+    kinds = _char_kinds(folded, mode)
     out = []
     for run in _CJK_RUN.finditer(folded):
         start, chars = run.start(), run.group(0)
