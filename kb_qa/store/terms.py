@@ -11,6 +11,8 @@ Markdown image links, bare URLs and empty list markers are dropped first (they w
 Exact identifiers (model numbers, codes, versions, dates, amounts) are kept as one extra whole term each, besides
 their parts, so "RTX 4090" ranks the passage that has exactly that above ones with only "4090" or only "RTX".
 Question words, particles and polite filler are not terms (they match everything; IDF alone lets them add noise).
+A name jieba does not know is cut by its context, one way in the passage and another in the question: the pairs of
+adjacent characters around such words are extra terms (character bigrams, `ngram_terms`), so the two still meet.
 
 Bump ANALYSER_VERSION whenever the terms of a text change: the writer records it in the KB's meta and a KB indexed
 with another version must be rebuilt (`--rebuild`), or its index and the questions' terms disagree.
