@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from kb_qa.schema import Chunk  # noqa: E402
 from kb_qa.store import KnowledgeBase  # noqa: E402
 from kb_qa.store import writer as store_writer  # noqa: E402
-from kb_qa.store.terms import fold, fts_document, identifier_terms, search_terms, strip_noise  # noqa: E402
+from kb_qa.store.terms import fold, fts_document, identifier_terms, ngram_terms, search_terms, strip_noise  # noqa: E402
 
 DIM = 384
 MODEL = "synthetic-random-384"
@@ -71,7 +71,7 @@ class MemoTerms:
     """`fts_document` for the bench's chunk texts ("<passage> #<n>"), the passage's part cut once."""
 
     def __init__(self):
-        self.cache: dict[str, tuple[list[str], list[str]]] = {}
+        self.cache: dict[str, tuple[list[str], list[str], list[str]]] = {}
         self.calls = 0
 
     def __call__(self, text: str) -> str:
@@ -80,10 +80,11 @@ class MemoTerms:
             return fts_document(text)
         if passage not in self.cache:
             terms = search_terms(passage)
-            ids = identifier_terms(fold(strip_noise(passage)))
-            self.cache[passage] = (terms[:len(terms) - len(ids)], ids)
-        words, ids = self.cache[passage]
-        out = " ".join([*words, number, *ids])
+            folded = fold(strip_noise(passage))
+            ids, grams = identifier_terms(folded), ngram_terms(folded)
+            self.cache[passage] = (terms[:len(terms) - len(ids) - len(grams)], ids, grams)
+        words, ids, grams = self.cache[passage]
+        out = " ".join([*words, number, *ids, *grams])
         self.calls += 1
         if self.calls % 997 == 1:
             assert out == fts_document(text), text  # the shortcut must cut exactly what the analyser cuts

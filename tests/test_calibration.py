@@ -23,7 +23,7 @@ from kb_qa.retrieval.calibration import (
     unknown_share,
 )
 from kb_qa.retrieval.fusion import fuse_calibrated
-from kb_qa.store.terms import search_terms
+from kb_qa.store.terms import NGRAM_PREFIX, search_terms
 
 
 def test_pseudo_question_takes_a_sentence_out():
@@ -90,6 +90,9 @@ def test_unknown_share_weighs_terms_the_kb_lacks_by_idf():
     assert unknown_share(idf, df) == 6.0 / 9.0
     assert unknown_share(idf, df, {"铁路"}) == 8.0 / 9.0  # treated as missing (a document left out)
     assert unknown_share({}, {}) == 0.0 and unknown_share(idf, {"沪通": 1, "铁路": 5, "时候": 9}) == 0.0
+    # Character bigrams are left out: "沪通"'s bigram being in the KB must not make the name look known.
+    gram = NGRAM_PREFIX + "沪通"
+    assert unknown_share({**idf, gram: 6.0}, {**df, gram: 3}) == 6.0 / 9.0
 
 
 def _refusal_questions(rng, n, u_answerable, u_unanswerable):

@@ -8,7 +8,7 @@ import pytest
 from kb_qa.retrieval.keyword import keyword_candidates
 from kb_qa.schema import Chunk
 from kb_qa.store import KnowledgeBase
-from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, fold, search_terms
+from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, NGRAM_PREFIX, fold, is_ngram, search_terms
 
 DIM = 8
 
@@ -79,11 +79,34 @@ def test_dates_in_either_notation_are_one_term():
     assert whole and whole == [t for t in search_terms("2023年5月1日") if "\ue000" in t]
 
 
+def words(text: str) -> list[str]:
+    """search_terms without the character bigrams."""
+    return [t for t in search_terms(text) if not is_ngram(t)]
+
+
 def test_question_words_and_filler_are_not_terms():
-    assert search_terms("请问爬行垫什么材质的好呢？") == ["爬行", "垫", "材质", "好"]
+    assert words("请问爬行垫什么材质的好呢？") == ["爬行", "垫", "材质", "好"]
     assert "什么" not in search_terms("沪通铁路什么时候通车")
     assert search_terms("What is the capital of France?") == ["capital", "france"]
     assert search_terms("请问一下是什么呢") == []
+
+
+def test_a_name_jieba_cuts_otherwise_in_question_and_passage_is_found_by_its_bigrams(tmp_path):
+    # jieba: "锦地罗" whole in the passage, "锦地 / 罗" in the question: no word term of the name is shared, and the
+    # passage that shares "全长" would win without the bigrams.
+    assert "锦地罗" in words("锦地罗发源于青海") and "锦地罗" not in words("锦地罗的全长是多少")
+    kb = build(tmp_path, ["锦地罗发源于青海，流经三省。", "沪通铁路全长137公里，跨越长江。", *FILLER])
+    assert ranked_sources(kb, "锦地罗的全长是多少")[0] == "p0"
+
+
+def test_bigrams_never_equal_a_word_and_skip_stop_words():
+    terms = search_terms("锦地罗的全长是多少")
+    grams = [t for t in terms if is_ngram(t)]
+    assert grams == [NGRAM_PREFIX + "锦地", NGRAM_PREFIX + "地罗"]  # none with 的 / 是 / 多少, none from known words
+    assert "锦地" in terms and not is_ngram("锦地")  # the word and its bigram are two terms
+    assert not [t for t in search_terms("请问爬行垫什么材质") if is_ngram(t) and "什" in t]
+    assert not [t for t in search_terms("The cat sat on the mat, RTX 4090.") if is_ngram(t)]
+    assert [t for t in search_terms("北京的铁路正式开通运营") if is_ngram(t)] == []  # every word known: none
 
 
 def test_filler_does_not_outweigh_the_content_word(tmp_path):
@@ -95,7 +118,7 @@ def test_filler_does_not_outweigh_the_content_word(tmp_path):
 def test_image_links_urls_and_empty_list_markers_make_no_terms(tmp_path):
     noise = "![大模型推理优化策略](https://img.example.com/llm/推理优化.png)\n- \n* \n1.\nhttps://example.com/大模型/推理优化?x=1\n"
     assert search_terms(noise) == []
-    terms = search_terms("![图](a.png) 量化是推理优化的策略之一 http://x.cn/a")
+    terms = words("![图](a.png) 量化是推理优化的策略之一 http://x.cn/a")
     assert terms == ["量化", "推理", "优化", "策略", "之一"]
     kb = build(tmp_path, [noise * 3 + "图片见上。", "大模型推理优化的策略包括量化、批处理和KV缓存。", *FILLER])
     assert ranked_sources(kb, "大模型推理优化有哪些策略？") == ["p1"]

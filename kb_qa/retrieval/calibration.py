@@ -398,7 +398,11 @@ def unknown_share(idf: dict[str, float], df: dict[str, int], absent: set[str] | 
     """U: the IDF-weighted share of the question's terms that no chunk of the KB contains (df 0, or in `absent`:
     terms treated as missing), in [0, 1]. An off-topic question's names and rare words are such terms; an
     answerable question's mostly are not (its passage has them). `seen`: terms found inside a passage's text all
-    the same (`seen_in`), which are not counted."""
+    the same (`seen_in`), which are not counted. Word terms only: a character bigram (`store.terms.is_ngram`) of
+    an unknown name is often in the KB all the same (two common characters), and counting it would hide the name."""
+    from kb_qa.store.terms import is_ngram
+
+    idf = {t: v for t, v in idf.items() if not is_ngram(t)}
     total = sum(idf.values())
     if total <= 0:
         return 0.0

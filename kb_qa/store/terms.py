@@ -11,6 +11,8 @@ Markdown image links, bare URLs and empty list markers are dropped first (they w
 Exact identifiers (model numbers, codes, versions, dates, amounts) are kept as one extra whole term each, besides
 their parts, so "RTX 4090" ranks the passage that has exactly that above ones with only "4090" or only "RTX".
 Question words, particles and polite filler are not terms (they match everything; IDF alone lets them add noise).
+A name jieba does not know is cut by its context, one way in the passage and another in the question: the pairs of
+adjacent characters around such words are extra terms (character bigrams, `ngram_terms`), so the two still meet.
 
 Bump ANALYSER_VERSION whenever the terms of a text change: the writer records it in the KB's meta and a KB indexed
 with another version must be rebuilt (`--rebuild`), or its index and the questions' terms disagree.
@@ -23,8 +25,9 @@ import re
 import threading
 import unicodedata
 
-ANALYSER_VERSION = "3"  # 1: jieba search mode / \w+ words; 2: + folding, identifiers, stop words, hygiene;
-#                          3: + how-much/how-long words (多少, 多长, 几...) and 有 as stop words
+ANALYSER_VERSION = "4"  # 1: jieba search mode / \w+ words; 2: + folding, identifiers, stop words, hygiene;
+#                          3: + how-much/how-long words (多少, 多长, 几...) and 有 as stop words;
+#                          4: + character bigrams around the characters jieba does not know as words
 ANALYSER_META_KEY = "analyser_version"
 
 _WORD = re.compile(r"\w", re.UNICODE)
@@ -127,16 +130,74 @@ def identifier_terms(folded: str) -> list[str]:
     return [t for t in (_identifier_term(m) for m in _ID.finditer(folded)) if t]
 
 
+# Character bigrams: jieba cuts a name it does not know by its context, differently in a question and in its
+# passage ("锦地罗发源于" -> 锦地罗, "锦地罗的全长" -> 锦地 / 罗), so no word term matches. The two characters next to
+# each other match whatever the cut: every pair of adjacent CJK characters of which one lies in a word jieba's
+# dictionary lacks (its HMM's guess, where names end up) is one extra term, prefixed by a private-use
+# character (U+E002, kept inside an FTS5 token) so a bigram never equals the word it spells. Pairs with a
+# character of a stop word cut as such ("罗 / 的", "垫 / 什么") are left out: they say which particle followed.
+NGRAM_PREFIX = "\ue002"
+# Measured (bench/README.md): "oov" ranks best; "oov1" (also pairs touching a one-character word) and "all" (every
+# pair) add noise pairs ("菜很", "很好") and cost hit@1 on xquad_zh.
+# "oov": pairs touching an unknown word; "oov1": or a one-character word; "all": every pair; "": none
+NGRAM_MODE = "oov"
+_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def is_ngram(term: str) -> bool:
+    """True for a character-bigram term (not a word: a term count or share over words leaves these out)."""
+    return term.startswith(NGRAM_PREFIX)
+
+
+_PLAIN, _WEAK, _PARTICLE = 0, 1, 2
+
+
+def _char_kinds(text: str, mode: str) -> list[int]:
+    """Per character of `text`, from jieba's precise cut: _PARTICLE in a stop word ("的", "是", "什么"),
+    _WEAK in a CJK word of two or more characters jieba's dictionary lacks (or, `mode` "oov1", of one
+    character), else _PLAIN."""
+    jieba = _jieba()
+    freq = jieba.dt.FREQ  # word -> count; prefixes of words are there with 0
+    kinds: list[int] = []
+    for word in jieba.lcut(text):
+        if word in STOP_WORDS:
+            kind = _PARTICLE
+        elif _CJK.match(word) and (not freq.get(word) if len(word) > 1 else mode == "oov1"):
+            kind = _WEAK
+        else:
+            kind = _PLAIN
+        kinds.extend([kind] * len(word))
+    return kinds
+
+
+def ngram_terms(folded: str, mode: str | None = None) -> list[str]:
+    """Character-bigram terms of folded text, in order (see NGRAM_MODE)."""
+    mode = NGRAM_MODE if mode is None else mode
+    if not mode or not _CJK.search(folded):
+        return []
+    kinds = _char_kinds(folded, mode)
+    out = []
+    for run in _CJK_RUN.finditer(folded):
+        start, chars = run.start(), run.group(0)
+        for i in range(start, start + len(chars) - 1):
+            a, b = kinds[i], kinds[i + 1]
+            if _PARTICLE in (a, b):
+                continue
+            if mode == "all" or _WEAK in (a, b):
+                out.append(NGRAM_PREFIX + folded[i:i + 2])
+    return out
+
+
 def search_terms(text: str) -> list[str]:
     """Index/query terms of `text`, in order, with repeats (BM25 needs term frequency): the word terms first,
-    then the whole identifiers."""
+    then the whole identifiers, then the character bigrams."""
     text = fold(strip_noise(text))
     if _CJK.search(text):
         tokens = _jieba().lcut_for_search(text)
     else:
         tokens = re.findall(r"\w+", text, re.UNICODE)
     words = [t for t in (tok.strip() for tok in tokens) if t and _WORD.search(t) and t not in STOP_WORDS]
-    return words + identifier_terms(text)
+    return words + identifier_terms(text) + ngram_terms(text)
 
 
 def fts_document(text: str) -> str:
