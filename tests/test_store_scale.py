@@ -326,6 +326,26 @@ def test_a_format_2_kb_whose_contents_are_not_id_ranges_keeps_format_2_and_works
     assert kb.info().chunks == 5
 
 
+def test_a_refused_upgrade_inside_the_callers_transaction_undoes_only_itself(tmp_path):
+    rng = np.random.default_rng(13)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    add_docs(kb, rng, ["a.txt", "b.txt"])
+    a_ids, b_ids = sorted(kb.chunk_ids_for_sources(["a.txt"])), sorted(kb.chunk_ids_for_sources(["b.txt"]))
+    kb.close()
+    conn = records.connect(kb.path / "kb.sqlite")
+    make_format_2(conn)
+    conn.execute("UPDATE chunks SET sha256 = CASE id WHEN ? THEN 'sha-b.txt' ELSE 'sha-a.txt' END WHERE id IN (?, ?)",
+                 (a_ids[1], a_ids[1], b_ids[1]))
+    conn.execute("BEGIN IMMEDIATE")
+    records.set_meta(conn, "callers_change", "kept")
+    records.upgrade_content_ranges(conn)  # not ranges: refused, in a savepoint
+    assert conn.in_transaction and not records.has_content_ranges(conn)
+    conn.execute("COMMIT")
+    assert records.get_meta(conn, "callers_change") == "kept" and records.get_meta(conn, "schema_version") == "2"
+    assert not records.has_content_ranges(conn)
+    conn.close()
+
+
 def test_a_content_missing_a_chunk_is_reported_and_repair_drops_its_document(tmp_path):
     rng = np.random.default_rng(10)
     kb = KnowledgeBase.open(tmp_path, "kb", create=True)

@@ -30,6 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -153,17 +154,8 @@ def init_schema(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                  (SCHEMA_VERSION if current else "1",))
     if not current and not has_chunks(conn):  # an empty KB of schema 1: nothing to re-cut, upgraded at once
-        began = not conn.in_transaction
-        if began:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _atomically(conn):
             upgrade_keyword_index(conn)
-        except BaseException:
-            if began and conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if began:
-            conn.execute("COMMIT")
     # A random id per created KB: a KB deleted and re-created under the same name is a different KB, so nothing
     # keyed by it (caches) can confuse the two.
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('kb_id', ?)", (uuid.uuid4().hex,))
@@ -193,40 +185,45 @@ def upgrade_content_ranges(conn: sqlite3.Connection) -> None:
     if has_content_ranges(conn):
         conn.execute(CONTENTS_FIRST_INDEX)
         return
-    began = not conn.in_transaction
-    if began:
-        conn.execute("BEGIN IMMEDIATE")
     try:
-        if has_content_ranges(conn):  # another writer upgraded it meanwhile
-            if began:
-                conn.execute("COMMIT")
-            return
-        conn.execute("ALTER TABLE contents ADD COLUMN first_id INTEGER")
-        conn.execute("UPDATE contents SET first_id = (SELECT MIN(id) FROM chunks WHERE sha256 = contents.sha256)")
-        # n distinct ids from first to first + n - 1: exactly that range. Read from the index on chunks.sha256
-        # alone (~80 bytes an entry), not the 2.3 KB rows.
-        broken = conn.execute(
-            "SELECT COUNT(*) FROM contents k WHERE first_id IS NULL "
-            "OR n_chunks != (SELECT COUNT(*) FROM chunks WHERE sha256 = k.sha256) "
-            "OR n_chunks != (SELECT MAX(id) FROM chunks WHERE sha256 = k.sha256) - first_id + 1").fetchone()[0]
-        if broken:
-            raise _NotInRanges
-        conn.execute(CONTENTS_FIRST_INDEX)
-        conn.execute("DROP INDEX IF EXISTS chunks_sha")
-        if has_terms_column(conn):  # format 1 stays 1 (its keyword index still needs `kb repair`)
-            set_meta(conn, SCHEMA_META_KEY, SCHEMA_VERSION)
-        if os.environ.get("KB_QA_CRASH_AT") == "upgrade-before-commit":  # the durability tests' kill (writer.py)
-            os._exit(99)
+        with _atomically(conn):
+            if has_content_ranges(conn):  # another writer upgraded it meanwhile
+                return
+            conn.execute("ALTER TABLE contents ADD COLUMN first_id INTEGER")
+            conn.execute("UPDATE contents SET first_id = (SELECT MIN(id) FROM chunks WHERE sha256 = contents.sha256)")
+            # n distinct ids from first to first + n - 1: exactly that range. Read from the index on chunks.sha256
+            # alone (~80 bytes an entry), not the 2.3 KB rows.
+            broken = conn.execute(
+                "SELECT COUNT(*) FROM contents k WHERE first_id IS NULL "
+                "OR n_chunks != (SELECT COUNT(*) FROM chunks WHERE sha256 = k.sha256) "
+                "OR n_chunks != (SELECT MAX(id) FROM chunks WHERE sha256 = k.sha256) - first_id + 1").fetchone()[0]
+            if broken:
+                raise _NotInRanges
+            conn.execute(CONTENTS_FIRST_INDEX)
+            conn.execute("DROP INDEX IF EXISTS chunks_sha")
+            if has_terms_column(conn):  # format 1 stays 1 (its keyword index still needs `kb repair`)
+                set_meta(conn, SCHEMA_META_KEY, SCHEMA_VERSION)
+            if os.environ.get("KB_QA_CRASH_AT") == "upgrade-before-commit":  # the durability tests' kill (writer.py)
+                os._exit(99)
     except _NotInRanges:
-        if began:
-            conn.execute("ROLLBACK")
-        return
+        return  # rolled back: the KB keeps its format-2 layout
+
+
+@contextmanager
+def _atomically(conn: sqlite3.Connection) -> Iterator[None]:
+    """All or nothing: a transaction of its own (BEGIN IMMEDIATE ... COMMIT), or, inside the caller's transaction,
+    a savepoint, so a failure undoes exactly this block and the caller's own changes stay theirs to commit."""
+    began = not conn.in_transaction
+    conn.execute("BEGIN IMMEDIATE" if began else "SAVEPOINT atomically")
+    try:
+        yield
     except BaseException:
-        if began and conn.in_transaction:
-            conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK" if began else "ROLLBACK TO atomically")
+            if not began:
+                conn.execute("RELEASE atomically")
         raise
-    if began:
-        conn.execute("COMMIT")
+    conn.execute("COMMIT" if began else "RELEASE atomically")
 
 
 class _NotInRanges(Exception):
