@@ -304,17 +304,23 @@ def test_a_kill_during_the_format_2_upgrade_leaves_format_2_and_the_next_writer_
     assert_consistent(kb)
 
 
-def test_a_format_2_kb_whose_contents_are_not_id_ranges_keeps_format_2_and_works(tmp_path):
-    rng = np.random.default_rng(12)
+def format_2_kb_not_in_id_ranges(tmp_path):
+    """A closed format-2 KB of a.txt and b.txt with one chunk of each swapped to the other content: the counts are
+    right, the id ranges are not (a KB kb_qa never writes). Returns (kb, a's chunk ids, b's chunk ids)."""
     kb = KnowledgeBase.open(tmp_path, "kb", create=True)
-    add_docs(kb, rng, ["a.txt", "b.txt"])
+    add_docs(kb, np.random.default_rng(12), ["a.txt", "b.txt"])
     a_ids, b_ids = sorted(kb.chunk_ids_for_sources(["a.txt"])), sorted(kb.chunk_ids_for_sources(["b.txt"]))
     kb.close()
     conn = records.connect(kb.path / "kb.sqlite")
     make_format_2(conn)
     conn.execute("UPDATE chunks SET sha256 = CASE id WHEN ? THEN 'sha-b.txt' ELSE 'sha-a.txt' END WHERE id IN (?, ?)",
-                 (a_ids[1], a_ids[1], b_ids[1]))  # one chunk of each swapped: counts right, ranges not
+                 (a_ids[1], a_ids[1], b_ids[1]))
     conn.close()
+    return kb, a_ids, b_ids
+
+
+def test_a_format_2_kb_whose_contents_are_not_id_ranges_keeps_format_2_and_works(tmp_path):
+    kb, a_ids, b_ids = format_2_kb_not_in_id_ranges(tmp_path)
     with kb.writer(embedding_model="m") as w:
         w.remove_document("a.txt")
         w.commit()
@@ -327,15 +333,8 @@ def test_a_format_2_kb_whose_contents_are_not_id_ranges_keeps_format_2_and_works
 
 
 def test_a_refused_upgrade_inside_the_callers_transaction_undoes_only_itself(tmp_path):
-    rng = np.random.default_rng(13)
-    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
-    add_docs(kb, rng, ["a.txt", "b.txt"])
-    a_ids, b_ids = sorted(kb.chunk_ids_for_sources(["a.txt"])), sorted(kb.chunk_ids_for_sources(["b.txt"]))
-    kb.close()
+    kb, _a_ids, _b_ids = format_2_kb_not_in_id_ranges(tmp_path)
     conn = records.connect(kb.path / "kb.sqlite")
-    make_format_2(conn)
-    conn.execute("UPDATE chunks SET sha256 = CASE id WHEN ? THEN 'sha-b.txt' ELSE 'sha-a.txt' END WHERE id IN (?, ?)",
-                 (a_ids[1], a_ids[1], b_ids[1]))
     conn.execute("BEGIN IMMEDIATE")
     records.set_meta(conn, "callers_change", "kept")
     records.upgrade_content_ranges(conn)  # not ranges: refused, in a savepoint
