@@ -180,7 +180,7 @@ class ConversationStore:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._append_lock:
             try:
-                _append_line(self.root, self.feedback_path, line)
+                _append_line(self.feedback_path, line)
             except OSError as exc:
                 raise save_failed("your rating", self.feedback_path, exc) from exc
         return record
@@ -277,10 +277,10 @@ def _write_json(path: Path, data: Any, *, what: str = "the file") -> None:
                 pass  # best effort: a leftover .tmp- file is never read
 
 
-def _append_line(root: Path, path: Path, line: bytes) -> None:
+def _append_line(path: Path, line: bytes) -> None:
     """Append one whole line to `path`, fsynced. On failure the file is cut back to where it was, so no half line
     is left; a half line an older crash left is ended first, so this one is not glued to it."""
-    root.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         size = os.fstat(fd).st_size

@@ -74,16 +74,12 @@ def read_options(kb) -> KbOptions | None:
     return KbOptions.from_json(kb.get_meta(META_KEY))
 
 
-def save_options(kb, options: KbOptions, *, lock_timeout_s: float = 10.0) -> None:
-    kb.put_meta(META_KEY, options.to_json(), lock_timeout_s=lock_timeout_s)
-
-
 def create_with_options(app, name: str, options: KbOptions):
     """Create the KB `name` (it must not exist yet) and record its options; returns the KnowledgeBase."""
     if name in app.kb_names():
         raise KbQaError(f"a knowledge base named {name!r} already exists")
     kb = app.kb(name, create=True)
-    save_options(kb, options)
+    kb.put_meta(META_KEY, options.to_json())
     return kb
 
 
@@ -96,18 +92,18 @@ def ingest_settings_for(kb, ingest_settings):
                                               "chunk_overlap": options.chunk_overlap})
 
 
-def model_mismatch(kb, configured_model: str) -> str | None:
-    """Why `kb` cannot be used with `configured_model` (one line, with the fix), or None when it can."""
-    options = read_options(kb)
+def model_mismatch(name: str, options: KbOptions | None, configured_model: str) -> str | None:
+    """Why the KB `name`, created with `options` (`read_options`), cannot be used with `configured_model` (one
+    line, with the fix), or None when it can."""
     if options is None or options.embedding_model == configured_model:
         return None
-    return (f"knowledge base {kb.name!r} was created for the embedding model {options.embedding_model!r}, "
+    return (f"knowledge base {name!r} was created for the embedding model {options.embedding_model!r}, "
             f"but this process uses {configured_model!r}. Start it with "
             f"KB_QA_EMBEDDING__MODEL={options.embedding_model} (or embedding.model in the settings file) to "
             "add documents to it or ask it.")
 
 
 def check_model(kb, configured_model: str) -> None:
-    why = model_mismatch(kb, configured_model)
+    why = model_mismatch(kb.name, read_options(kb), configured_model)
     if why:
         raise KbModelMismatch(why)

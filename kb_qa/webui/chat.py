@@ -153,11 +153,13 @@ def ask(question: str, kbs: list[str], store: ConversationStore) -> None:
     conversation.turns.append(turn)  # kept even if the run is stopped or interrupted half-way
     if not conversation.title:
         conversation.title = question
-    try:
+    def save() -> None:
         saved(lambda: store.save(owner, conversation), failures)
+
+    try:
+        save()
         st.query_params["c"] = conversation.id
-        stream_turn(turn, len(conversation.turns) - 1, history, kbs, overrides,
-                    save=lambda: saved(lambda: store.save(owner, conversation), failures))
+        stream_turn(turn, len(conversation.turns) - 1, history, kbs, overrides, save=save)
     finally:
         storing.set()  # stored (or failed to be): the next run may draw it
     st.rerun()  # draw the finished turn the way every earlier one is drawn (actions, rating, sources)

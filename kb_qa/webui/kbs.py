@@ -62,15 +62,15 @@ def kb_view(app):
         if options is not None:
             st.caption(md_literal(f"Created with chunks of {options.chunk_size} characters (overlap "
                                   f"{options.chunk_overlap}) for the embedding model {options.embedding_model}."))
-        mismatch = model_mismatch(kb, app.settings.embedding.model)
-        if mismatch and not (info.embedding_model and info.embedding_model != app.settings.embedding.model):
-            st.warning(md_literal(mismatch[0].upper() + mismatch[1:]), icon=":material/warning:")
-        if info.embedding_model and info.embedding_model != app.settings.embedding.model:
+        configured = app.settings.embedding.model
+        if info.embedding_model and info.embedding_model != configured:  # vectors of another model are stored
             st.warning(md_literal(
                 f"{name} was built with the embedding model {info.embedding_model}; this page uses "
-                f"{app.settings.embedding.model}. Questions and uploads fail until you rebuild it (Rebuild index "
-                f"re-embeds every document with {app.settings.embedding.model}) or restart the page with "
+                f"{configured}. Questions and uploads fail until you rebuild it (Rebuild index "
+                f"re-embeds every document with {configured}) or restart the page with "
                 f"KB_QA_EMBEDDING__MODEL={info.embedding_model}."), icon=":material/warning:")
+        elif mismatch := model_mismatch(name, options, configured):  # created for another model, still empty
+            st.warning(md_literal(capitalised(mismatch)), icon=":material/warning:")
 
     st.subheader(T("Documents"))
     failed = unindexed_files(app.docs_root / name, docs, shared_jobs().jobs(name))
@@ -162,7 +162,7 @@ def create_kb(app) -> None:
         options = validated(app.settings, chunk_size=ss.get("new_kb_chunk_size"),
                             chunk_overlap=ss.get("new_kb_chunk_overlap"),
                             embedding_model=ss.get("new_kb_embedding_model"))
-        create_with_options(app, name, options)
+        kb = create_with_options(app, name, options)
     except Exception as exc:  # noqa: BLE001 - shown as a message; the page goes on
         ss.kb_error = f"Creating '{name}' failed: {error_text(exc)}"
         return
@@ -170,10 +170,12 @@ def create_kb(app) -> None:
     if name not in ss.ask_kbs:
         ss.ask_kbs = [*ss.ask_kbs, name]
     ss.notice = f"Created knowledge base '{name}'."
-    if options.embedding_model != app.settings.embedding.model:
-        ss.kb_error = (f"'{name}' was created for the embedding model {options.embedding_model}, but this page "
-                       f"runs {app.settings.embedding.model}: start the page with "
-                       f"KB_QA_EMBEDDING__MODEL={options.embedding_model} to add documents to it or ask it.")
+    if mismatch := model_mismatch(kb.name, options, app.settings.embedding.model):
+        ss.kb_error = capitalised(mismatch)
+
+
+def capitalised(line: str) -> str:
+    return line[:1].upper() + line[1:]
 
 
 def remove_document(app, name: str, source: str) -> None:

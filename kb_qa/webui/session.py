@@ -8,7 +8,7 @@ import logging
 
 import streamlit as st
 
-from kb_qa.conversations import Conversation, ConversationStore, new_id
+from kb_qa.conversations import Conversation, ConversationStore, new_id, safe_owner
 from kb_qa.jobs import error_text
 from kb_qa.webui.shared import T
 from kb_qa.webui.support import md_literal
@@ -118,8 +118,6 @@ def open_conversation(store: ConversationStore, conversation_id: str) -> None:
 
 
 def set_owner(store: ConversationStore) -> None:
-    from kb_qa.conversations import safe_owner
-
     ss = st.session_state
     name = (ss.get("owner_name") or "").strip()
     if name:
