@@ -66,7 +66,8 @@ class IngestReport:
         parts = [f"{s} {self.count(s)}" for s in (ADDED, UPDATED, UNCHANGED, FAILED, REMOVED)]
         lines = [f"knowledge base {self.kb!r}: " + ", ".join(parts)
                  + f"; {self.chunks_embedded} chunks embedded in {self.seconds:.1f} s"]
-        lines += [f"  {self.ocr.summary()}"] if self.ocr.summary() else []
+        ocr = self.ocr.summary()
+        lines += [f"  {ocr}"] if ocr else []
         lines += [f"  failed: {o.source}: {o.reason}" for o in self.failed]
         return "\n".join(lines)
 

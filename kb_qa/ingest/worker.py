@@ -160,10 +160,13 @@ def parse_file(path: str | os.PathLike, options: ParseOptions | None = None, *, 
     if not options.limits.isolate:
         from kb_qa.ingest.loaders import load_document
 
+        token = progress_callback.set(on_progress)  # OCR progress, as the worker forwards it
         try:
             return load_document(Path(path), options=options)
         except LoadError as exc:
             raise LoadError(name or path, exc.reason) from exc
+        finally:
+            progress_callback.reset(token)
     key = options.to_json()
     worker = _take_worker(key, options)
     try:

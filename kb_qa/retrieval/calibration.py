@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 VERSION = 3  # bump when pseudo-questions or features change: stored calibrations of another version are redone
 META_KEY = "retrieval_calibration"
-MAX_QUESTIONS = 120  # pseudo-questions per KB (2 embeddings each: seconds with a small model on an idle CPU)
+MAX_QUESTIONS = 120  # pseudo-questions per KB (3 embeddings each: seconds with a small model on an idle CPU)
 FEATURES = ("dense", "share", "bm25")
 # Prior model (used as the ridge centre): a hedge between the two sides for a KB too small to measure.
 PRIOR = {"bias": -6.0, "dense": 3.0, "share": 3.0, "bm25": 3.0}

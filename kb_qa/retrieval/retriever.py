@@ -38,7 +38,6 @@ from kb_qa.retrieval.calibration import (
     dense_score,
     evidence,
     robust_unknown_share,
-    unknown_share,
 )
 from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
@@ -156,12 +155,11 @@ class Retriever:
                 keyword_sim.update({(name, c): v for c, v in
                                     keyword_similarities(kb, query, ids, stats[name]).items()})
         models = {name: self.calibration(kb, s.candidates) for name, kb in kbs_open.items()}
-        unknown = {name: unknown_share(st.idf, st.df) for name, st in stats.items()}
         # What each KB offers the question as a whole: lowers refusal's probability, never changes the order
         ev = {name: evidence(kb_keyword.get(name, []), kb_dense.get(name, []), kb_unknown.get(name, 0.0))
               for name in kbs_open}
         fused = fuse_calibrated(dense_list, keyword_list, dense_sim, keyword_sim, bm25_share,
-                                lambda key: models[key[0]], lambda key: unknown.get(key[0], 0.0),
+                                lambda key: models[key[0]], None,  # the unknown-term share is in the evidence
                                 lambda key: ev[key[0]])
         timings["fuse"] = _ms(t)
 
