@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from kb_qa.store import records, vector_index
 from kb_qa.store.errors import KnowledgeBaseNotFound, StorageError
+from kb_qa.store.knowledge_base import _MISSING
 from kb_qa.store.writer import _crash_point, _is_disk_full
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ ANN_KEYS = ("ann_generation", "ann_sha256", "ann_count", "ann_max_id")
 
 
 def compact(kb: KnowledgeBase, *, ann_min_chunks: int, lock_timeout_s: float = 10.0) -> list[str]:
-    if kb._state() == "missing":
+    if kb._state() == _MISSING:
         raise KnowledgeBaseNotFound(f"knowledge base {kb.name!r} does not exist")
     done: list[str] = []
     conn = records.connect(kb._db)

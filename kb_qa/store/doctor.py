@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from kb_qa.store import records, vector_index
 from kb_qa.store.errors import is_io_error, storage_error
-from kb_qa.store.knowledge_base import DB_FILE, KnowledgeBase
+from kb_qa.store.knowledge_base import _MISSING, DB_FILE, KnowledgeBase
 from kb_qa.store.terms import ANALYSER_META_KEY, ANALYSER_VERSION, fts_document
 
 
@@ -53,8 +53,9 @@ def check(kb: KnowledgeBase) -> CheckReport:
 
 def _check(kb: KnowledgeBase) -> CheckReport:
     report = CheckReport(kb.name)
-    problem = kb.problem()
-    if kb._state() == "missing":
+    state = kb._state()
+    problem = kb._problem_of(state)
+    if state == _MISSING:
         from kb_qa.store.errors import KnowledgeBaseNotFound
 
         raise KnowledgeBaseNotFound(f"knowledge base {kb.name!r} does not exist (looked in {kb.path})")

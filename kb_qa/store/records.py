@@ -396,16 +396,10 @@ def delete_document(conn: sqlite3.Connection, source: str) -> None:
     conn.execute("DELETE FROM documents WHERE source = ?", (source,))
 
 
-def delete_orphan_contents(conn: sqlite3.Connection, candidates: Iterable[str] | None = None) -> list[int]:
-    """Remove contents no document refers to any more (only among `candidates`, the contents a change may have
-    orphaned: O(their chunks), not O(KB); None: all, a scan, for the doctor); returns the chunk ids removed."""
-    if candidates is None:
-        orphans = [r[0] for r in conn.execute(
-            "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM documents)")]
-    else:
-        orphans = [sha for sha in dict.fromkeys(candidates)
-                   if conn.execute("SELECT 1 FROM documents WHERE sha256 = ? LIMIT 1", (sha,)).fetchone() is None
-                   and content_exists(conn, sha)]
+def delete_orphan_contents(conn: sqlite3.Connection) -> list[int]:
+    """Remove every content no document refers to any more (a scan of contents); returns the chunk ids removed."""
+    orphans = [r[0] for r in conn.execute(
+        "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM documents)")]
     removed: list[int] = []
     belongs = content_join(conn)
     for sha in orphans:
