@@ -75,6 +75,13 @@ def test_stream_yields_text_deltas_then_the_answer_and_agrees_with_invoke(tiny_c
         [s.chunk_id for s in last.answer.sources]
 
 
+def test_a_question_arriving_in_pieces_is_added_up_before_answering(tiny_chain):
+    # LangChain's default `transform` (what a preceding streaming step calls) sums the pieces, then streams.
+    pieces = list(tiny_chain.bind(overrides=GREEDY).transform(iter(["龙井茶", "产于哪里？"])))
+    whole = list(tiny_chain.bind(overrides=GREEDY).stream("龙井茶产于哪里？"))
+    assert summed(pieces).text == summed(whole).text and summed(pieces).sources[0].source == "tea.txt"
+
+
 def test_lcel_prompt_chain_lambda_invoke_and_stream(tiny_chain):
     prompt = PromptTemplate.from_template("{drink}产于哪里？")
     pipeline = prompt | tiny_chain.bind(overrides=GREEDY) | RunnableLambda(

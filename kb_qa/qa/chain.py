@@ -159,17 +159,15 @@ class QAChain(Runnable[QAInput, Answer | AnswerChunk]):  # invoke: an Answer; st
 
     def stream(self, input: QAInput, config: RunnableConfig | None = None,
                **kwargs: Any) -> Iterator[AnswerChunk]:
-        return self.transform(iter([input]), config, **kwargs)
-
-    def transform(self, input: Iterator[QAInput], config: RunnableConfig | None = None,
-                  **kwargs: Any) -> Iterator[AnswerChunk]:
+        """Text pieces as the model writes them, then one chunk with the final `Answer`, in one traced run.
+        (LangChain's default `transform` adds an input that arrives in pieces up and calls this.)"""
         def chunks(inputs: Iterator[QAInput]) -> Iterator[AnswerChunk]:
-            request = as_request(_whole(inputs), kwargs)
+            request = as_request(next(inputs), kwargs)
             for item in self.stream_answer(**request):
                 yield AnswerChunk(answer=item) if isinstance(item, Answer) else AnswerChunk(text=item)
 
         yield from cast(Iterator[AnswerChunk],
-                        self._transform_stream_with_config(input, chunks, config, run_type="chain"))
+                        self._transform_stream_with_config(iter([input]), chunks, config, run_type="chain"))
 
     async def astream(self, input: QAInput, config: RunnableConfig | None = None,
                       **kwargs: Any) -> AsyncIterator[AnswerChunk]:
@@ -351,17 +349,6 @@ def answer(app, question: str, *, kbs: str | Sequence[str] | None = None, histor
            overrides: Mapping[str, Any] | None = None, files: Iterable[str] | None = None,
            system: str | None = None) -> Answer:
     return QAChain(app, llm).answer(question, history, kbs, overrides=overrides, files=files, system=system)
-
-
-def _whole(inputs: Iterator[Any]) -> Any:
-    """An input that arrives in pieces, added up as LangChain does (the last piece where they do not add)."""
-    whole: Any = None
-    for piece in inputs:
-        try:
-            whole = piece if whole is None else whole + piece
-        except TypeError:
-            whole = piece
-    return whole
 
 
 def _total(timings: dict[str, float], started: float) -> dict[str, float]:
