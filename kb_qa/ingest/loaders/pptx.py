@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 
+from kb_qa.ingest.loaders.base import SectionBuilder
 from kb_qa.ingest.ocr import EmbeddedPictures
 from kb_qa.schema import Section
 
@@ -23,29 +24,23 @@ def load_pptx(data: bytes, name: str) -> list[Section]:
         title_shape = slide.shapes.title
         title = title_shape.text_frame.text.strip() if title_shape is not None and title_shape.has_text_frame \
             else ""
-        heading = title.replace("\n", " ") or None
-        lines = [title] if title else []
-
-        def close_text(lines: list[str] = lines, number: int = number, heading: str | None = heading) -> None:
-            text = "\n".join(lines)
-            if text.strip():
-                sections.append(Section(text, page=number, heading=heading))
-            lines.clear()
-
+        slide_text = SectionBuilder(heading=title.replace("\n", " ") or None, page=number)
+        if title:
+            slide_text.line(title)
         for shape in _pptx_shapes(slide.shapes):
             if shape is title_shape or (title_shape is not None and shape.shape_id == title_shape.shape_id):
                 continue
-            lines.extend(_pptx_shape_lines(shape))
-            recognised = pictures.text(_pptx_picture_blob(shape)) if pictures.enabled else ""
-            if recognised:
-                close_text()
-                sections.append(Section(recognised, page=number, heading=heading, ocr=True))
+            for line in _pptx_shape_lines(shape):
+                slide_text.line(line)
+            if pictures.enabled:
+                slide_text.ocr_text(pictures.text(_pptx_picture_blob(shape)))
         if slide.has_notes_slide:
             notes_frame = slide.notes_slide.notes_text_frame
             notes = notes_frame.text.strip() if notes_frame is not None else ""
             if notes:
-                lines += ["", "Notes: " + notes]
-        close_text()
+                slide_text.line("")
+                slide_text.line("Notes: " + notes)
+        sections += slide_text.sections()
     pictures.finish()
     return sections
 
