@@ -132,11 +132,16 @@ def filled_width(cells) -> int:
 def check_columns(cells, row: int, name, limits: ParseLimits, where: str = "") -> None:
     """Refuse the file if table row `row` (1-based) has more columns than `limits.max_table_columns`. Cheap for
     ordinary rows: only a row longer than the limit is looked at cell by cell."""
-    from kb_qa.ingest.loaders.base import LoadError  # (lazy: the loaders import this module)
-
     if len(cells) <= limits.max_table_columns:
         return
     width = filled_width(cells)
     if width > limits.max_table_columns:
-        raise LoadError(name, f"refused: {where}row {row:,} has {width:,} columns, over the limit of "
-                              f"{limits.max_table_columns:,} per table row (ingest.max_table_columns)")
+        raise row_too_wide(name, f"{where}row {row:,} has {width:,} columns", limits.max_table_columns)
+
+
+def row_too_wide(name, row_says: str, limit: int):
+    """The refusal of a table row wider than ingest.max_table_columns, e.g. `row_says` 'table 1, row 3 has 2,049
+    columns' (a LoadError, for the loader to raise)."""
+    from kb_qa.ingest.loaders.base import LoadError  # (lazy: the loaders import this module)
+
+    return LoadError(name, f"refused: {row_says}, over the limit of {limit:,} per table row (ingest.max_table_columns)")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import io
 import re
 
-from kb_qa.ingest.limits import current_options
-from kb_qa.ingest.loaders.base import LoadError, SectionBuilder
+from kb_qa.ingest.limits import current_options, row_too_wide
+from kb_qa.ingest.loaders.base import SectionBuilder
 from kb_qa.ingest.ocr import EmbeddedPictures
 from kb_qa.schema import Section
 
@@ -94,8 +94,7 @@ def _docx_table_lines(table, name: str = "document", where: str = "") -> list[st
         # (w:gridSpan="100000000" would be a tuple of 10^8). Word itself stops at 63 columns.
         grid = sum(tc.grid_span for tc in row._tr.tc_lst)
         if grid > limits.max_table_columns:
-            raise LoadError(name, f"refused: {where}row {number:,} spans {grid:,} columns, over the limit of "
-                                  f"{limits.max_table_columns:,} per table row (ingest.max_table_columns)")
+            raise row_too_wide(name, f"{where}row {number:,} spans {grid:,} columns", limits.max_table_columns)
         cells, seen = [], set()
         for cell in row.cells:
             if id(cell._tc) in seen:  # a merged cell is returned once per grid column it spans

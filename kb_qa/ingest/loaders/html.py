@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 from kb_qa.ingest.encoding import decode_text
-from kb_qa.ingest.limits import check_columns, current_options
-from kb_qa.ingest.loaders.base import LoadError, SectionBuilder
+from kb_qa.ingest.limits import check_columns, current_options, row_too_wide
+from kb_qa.ingest.loaders.base import SectionBuilder
 from kb_qa.schema import Section
 
 _HTML_DROP = {"script", "style", "nav", "noscript", "template", "svg", "canvas", "iframe", "object", "embed",
@@ -61,8 +61,7 @@ def _check_row_tags(markup: str, name: str) -> None:
         else:
             cells += 1
     if cells > limit:
-        raise LoadError(name, f"refused: table row {max(rows, 1):,} has {cells:,} cells, over the limit of "
-                              f"{limit:,} per table row (ingest.max_table_columns)")
+        raise row_too_wide(name, f"table row {max(rows, 1):,} has {cells:,} cells", limit)
 
 
 class _HtmlText:
