@@ -135,6 +135,18 @@ class FakeEmbeddings:
         return self.encode([text])[0].tolist()
 
 
+class CountingEmbedder:
+    """Wraps a real embedder and counts the texts it embeds (what an incremental ingest must not re-embed)."""
+
+    def __init__(self, real):
+        self.real, self.texts = real, 0
+        self.dimension = real.dimension
+
+    def encode(self, texts):
+        self.texts += len(texts)
+        return self.real.encode(texts)
+
+
 @functools.cache
 def echo_llm_class():
     """The EchoLLM class (built on first use, so importing conftest does not import LangChain); test modules that

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CountingEmbedder
 
 from kb_qa.ingest.pipeline import ingest
 from kb_qa.store import EmbeddingMismatch, KnowledgeBase, KnowledgeBaseBusy
@@ -30,18 +31,6 @@ def docs(tmp_path):
     (folder / ".hidden.txt").write_text("should be skipped", encoding="utf-8")
     (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # not a document type: skipped when walking
     return folder
-
-
-class CountingEmbedder:
-    """Wraps the real embedder and counts the texts it embeds."""
-
-    def __init__(self, real):
-        self.real, self.texts = real, 0
-        self.dimension = real.dimension
-
-    def encode(self, texts):
-        self.texts += len(texts)
-        return self.real.encode(texts)
 
 
 def run(app, paths, embedder=None, **kwargs):

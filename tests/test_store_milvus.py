@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("pymilvus", reason="pymilvus / milvus-lite not installed (pip install -r requirements-milvus.txt)")
 pytest.importorskip("milvus_lite", reason="milvus-lite not installed (pip install -r requirements-milvus.txt)")
 
+from conftest import CountingEmbedder  # noqa: E402
+
 from kb_qa.app import App  # noqa: E402
 from kb_qa.ingest.pipeline import ingest  # noqa: E402
 from kb_qa.retrieval.keyword import query_terms  # noqa: E402
@@ -55,16 +57,6 @@ def docs(tmp_path):
     (folder / "en.md").write_text("# Rules\n\n" + EN, encoding="utf-8")
     (folder / "fr.txt").write_text(FR, encoding="utf-8")
     return folder
-
-
-class CountingEmbedder:
-    def __init__(self, real):
-        self.real, self.texts = real, 0
-        self.dimension = real.dimension
-
-    def encode(self, texts):
-        self.texts += len(texts)
-        return self.real.encode(texts)
 
 
 def run(app, paths, embedder, **kwargs):
