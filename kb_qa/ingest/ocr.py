@@ -49,6 +49,17 @@ progress_callback: contextvars.ContextVar[Callable[[int, int, str], None] | None
     "ocr_progress", default=None)
 
 
+def page_wants_ocr(text: str, mode: str) -> bool:
+    """Whether a PDF page with text layer `text` is read by OCR under `ingest.ocr` = `mode` (off/auto/force)."""
+    return mode == "force" or (mode == "auto" and len("".join(text.split())) < MIN_TEXT_LAYER_CHARS)
+
+
+def ocr_replaces_layer(text: str, mode: str) -> bool:
+    """For a page that is OCR'd: whether its text layer is dropped (forced, or nothing but whitespace) rather than
+    kept beside the recognised text."""
+    return mode == "force" or not text.strip()
+
+
 @dataclass
 class OcrCost:
     pages: int = 0  # PDF pages and image files/frames recognised

@@ -13,7 +13,7 @@ from kb_qa.ingest.loaders.base import LoadError, shorten
 from kb_qa.ingest.loaders.pdf_images import page_picture
 from kb_qa.ingest.loaders.pdf_tables import pipe_simple_tables
 from kb_qa.ingest.loaders.pdf_text import visible_text
-from kb_qa.ingest.ocr import MIN_TEXT_LAYER_CHARS, ocr_pages, open_image
+from kb_qa.ingest.ocr import ocr_pages, ocr_replaces_layer, open_image, page_wants_ocr
 from kb_qa.schema import Section
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,10 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
             unreadable += 1
             continue
         text = pipe_simple_tables(_join_word_per_line(text))
-        has_layer = len("".join(text.split())) >= MIN_TEXT_LAYER_CHARS
-        if options.ocr == "force" or (options.ocr == "auto" and not has_layer):
-            if _has_images(page):
-                to_ocr.append(number)
-                if options.ocr == "force" or not text.strip():
-                    continue
+        if page_wants_ocr(text, options.ocr) and _has_images(page):
+            to_ocr.append(number)
+            if ocr_replaces_layer(text, options.ocr):
+                continue
         if text.strip():
             sections.append(Section(text, page=number, heading=heading))
     if to_ocr:

@@ -13,7 +13,7 @@ import re
 
 from kb_qa.ingest.limits import check_pages, current_options
 from kb_qa.ingest.loaders.base import LoadError, shorten
-from kb_qa.ingest.ocr import MIN_TEXT_LAYER_CHARS, ocr_pages
+from kb_qa.ingest.ocr import ocr_pages, ocr_replaces_layer, page_wants_ocr
 from kb_qa.schema import Section
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,9 @@ def load_pdf_pymupdf(data: bytes, name: str) -> list[Section]:
             except Exception:  # noqa: BLE001 - one bad page must not lose the rest
                 log.warning("%s: page %d could not be read", name, number, exc_info=True)
                 continue
-            has_layer = len("".join(text.split())) >= MIN_TEXT_LAYER_CHARS
-            if options.ocr == "force" or (options.ocr == "auto" and not has_layer):
+            if page_wants_ocr(text, options.ocr):
                 to_ocr.append(number)
-                if options.ocr == "force" or not text.strip():
+                if ocr_replaces_layer(text, options.ocr):
                     continue
             if text.strip():
                 sections.append(Section(text, page=number, heading=heading))
