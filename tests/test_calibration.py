@@ -224,7 +224,7 @@ def test_content_units_are_character_pairs_that_survive_another_cut():
     # the best single passage, not the union: 全长 in one, 锦地罗 in another is 2/3 at most
     assert coverage(units, ["全长约10厘米。", "锦地罗很远"]) == 2.0 / 3.0
     assert coverage(units, []) == 0.0 and coverage(set(), ["锦地罗"]) == 0.0
-    assert content_units("RTX 4090 的显存多大") == {"rtx", "4090", "显存"}  # other scripts' words, in a Chinese question
+    assert content_units("RTX 4090 的显存多大") == {"rtx", "4090", "显存"}  # other scripts' words count too
     assert content_units("Who won Super Bowl 50?") == set()  # no Chinese: the term share says it already
 
 

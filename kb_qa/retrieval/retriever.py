@@ -7,7 +7,8 @@
 What `Source.score` means (and `retrieval.score_threshold` is compared with): the KB's calibrated estimate, in
 [0, 1], that this passage is the one the question is about (calibration.py: a per-KB logistic model of the dense
 cosine, the IDF-weighted term share and the normalised BM25, lowered for a question the KB as a whole covers badly:
-no passage matching much of it, none standing out, or terms the KB does not know at all); with a reranker
+no passage matching much of it, none standing out, none saying most of its words, or terms the KB does not know at
+all: `calibration.kb_evidence`); with a reranker
 configured, the cross-encoder's relevance probability (rerank.py).
 Sources come in the order of their scores. 0 keeps everything; the default refuses a question whose best passage
 is under it. When nothing is left, the answering chain replies that the KB has no answer.
