@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def collect(app, bench, kb_name, names, queries=None):
     """Per question: (gold ids, dense [(cid, cos)], keyword [(cid, bm25 share)], dense_sim, keyword_sim, pool,
-    unknown-term share U), and the doc of each cid. `queries`: other questions (off-topic: no gold ids)."""
-    from kb_qa.retrieval.calibration import robust_unknown_share, unknown_share
+    (unknown-term share U, the KB's `Evidence` as the retriever computes it)), and the doc of each cid.
+    `queries`: other questions (off-topic: no gold ids)."""
+    from kb_qa.retrieval.calibration import kb_evidence, unknown_share
     from kb_qa.retrieval.dense import cosines, dense_candidates
     from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
 
@@ -44,7 +45,7 @@ def collect(app, bench, kb_name, names, queries=None):
         dense = dense_candidates(kb, qvec, n)
         stats = TermStats(kb, query_terms(text))
         keyword = keyword_candidates(kb, text, n)
-        u_robust = robust_unknown_share(kb, stats, keyword)
+        ev = kb_evidence(kb, text, stats, keyword, dense)
         ids = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in keyword]))
         missing = [c for c in ids if c not in doc_of]
         for cid, rec in kb.get_chunks(missing).items():
@@ -53,7 +54,7 @@ def collect(app, bench, kb_name, names, queries=None):
         keyword = [(c, s / upper) for c, s in keyword]  # BM25 as a share of the question's bound (monotone)
         rows.append((bench.qrels[qid] if queries is None else set(), dense, keyword, cosines(kb, qvec, ids),
                      keyword_similarities(kb, text, ids, stats), min(n, stats.n_docs),
-                     (unknown_share(stats.idf, stats.df), u_robust)))
+                     (unknown_share(stats.idf, stats.df), ev)))
     return rows, doc_of
 
 
@@ -220,12 +221,10 @@ def refused(rows, cal, threshold: float, rule: str = "evidence") -> float:
     """Share of questions whose best candidate's calibrated probability is under `threshold` (the product's
     no-answer rule: retriever._select keeps nothing). `rule`: "evidence" (the product: the KB's answerability
     model), "unknown" (the previous rule: the U-only recalibration), "plain" (the ranking model alone)."""
-    from kb_qa.retrieval.calibration import dense_score, evidence
     from kb_qa.retrieval.fusion import fuse_calibrated
 
     out = 0
-    for _gold, d, k, ds, ks, _pool, (u, u_robust) in rows:
-        ev = evidence([s for _, s in k], [dense_score(s) for _, s in d], u_robust)
+    for _gold, d, k, ds, ks, _pool, (u, ev) in rows:
         hits = fuse_calibrated(d, k, ds, ks, dict(k), lambda key: cal,
                                (lambda key, u=u: u) if rule != "plain" else None,
                                (lambda key, ev=ev: ev) if rule == "evidence" else None)
@@ -235,19 +234,17 @@ def refused(rows, cal, threshold: float, rule: str = "evidence") -> float:
 
 def latency(app, kb_name: str, questions: list[str], warmup: int = 5) -> dict[str, float]:
     """Retrieval p50 / p95 (ms, `Retriever.search_detailed`'s total: question embedding, both searches, fusion,
-    refusal, passages) of the product's rule and of the previous rule (U-only refusal, no answerability evidence),
+    refusal, passages) of the product's rule and of the previous rule (no per-KB evidence: the ranking model alone),
     interleaved question by question so both see the same machine load."""
     import statistics
 
     import kb_qa.retrieval.retriever as retriever_module
 
     r = app.retriever
-    real_evidence, real_unknown = retriever_module.evidence, retriever_module.robust_unknown_share
+    real_evidence = retriever_module.kb_evidence
 
     def previous(on: bool) -> None:
-        retriever_module.evidence = (lambda *a: None) if on else real_evidence
-        retriever_module.robust_unknown_share = (
-            (lambda kb, st, found, absent=frozenset(): 0.0) if on else real_unknown)
+        retriever_module.kb_evidence = (lambda *a, **k: None) if on else real_evidence
 
     for q in questions[:warmup]:
         r.search_detailed(q, kb_name)

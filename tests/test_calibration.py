@@ -6,6 +6,7 @@ import numpy as np
 
 from kb_qa.retrieval.calibration import (
     META_KEY,
+    VERSION,
     Calibration,
     Evidence,
     _Question,
@@ -14,6 +15,7 @@ from kb_qa.retrieval.calibration import (
     fit,
     fit_answerable,
     fit_refusal,
+    kb_evidence,
     prior,
     pseudo_question,
     query_like,
@@ -23,6 +25,7 @@ from kb_qa.retrieval.calibration import (
     unknown_share,
 )
 from kb_qa.retrieval.fusion import fuse_calibrated
+from kb_qa.retrieval.keyword import content_units, coverage
 from kb_qa.store.terms import NGRAM_PREFIX, search_terms
 
 
@@ -147,7 +150,7 @@ def test_answerability_model_learns_what_separates_and_only_ever_lowers_the_prob
     blind = fit(_answerable_questions(rng, 150, (0.0, 0.5), (0.0, 0.5)))
     a, b = informative.answerable, blind.answerable
     assert a["keyword"] > 3.0 > 1.0 > b["keyword"] >= 0.0
-    assert a["unknown"] == 0.0 and a["dense_lift"] >= 0.0  # U acts through fit_refusal's weight only
+    assert "unknown" not in a and a["dense_lift"] >= 0.0  # U acts through fit_refusal's weight only
     strong, weak = Evidence(0.9, 0.0, 0.1), Evidence(0.05, 0.0, 0.1)
     assert informative.answerable_logit(strong) > 0 > informative.answerable_logit(weak)
     plain = informative.probability(0.2, 0.6, 0.6, 0.0)
@@ -192,3 +195,85 @@ def test_a_term_cut_otherwise_than_in_the_passage_is_not_unknown():
     assert unknown_share(_Stats.idf, _Stats.df) == 6.0 / 9.0
     assert robust_unknown_share(_KB(), _Stats(), [(1, 5.0), (2, 1.0)]) == 3.0 / 9.0  # only 野马 is unknown
     assert robust_unknown_share(_KB(), _Stats(), []) == 6.0 / 9.0
+
+
+def test_a_calibration_of_another_version_is_measured_again(app, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, topic in enumerate(["火车", "茶叶", "长城", "熊猫"]):
+        (docs / f"d{i}.txt").write_text(f"{topic}是本文的主题。关于{topic}的第一个事实是它很有名。第二个事实是"
+                                        f"{topic}与第{i}号文件有关。最后{topic}的介绍到此为止。", encoding="utf-8")
+    assert not app.ingest("old", [docs]).failed
+    kb = app.kb("old")
+    old = prior()
+    old.version, old.generation, old.questions = VERSION - 1, kb.info().generation, 7
+    old.answerable = {"bias": 0.0, "keyword": 1.0, "unknown": 0.0, "dense_lift": 0.0}  # version 3's layout
+    kb.put_meta(META_KEY, old.to_json())
+    assert Calibration.from_json(kb.get_meta(META_KEY)) is None  # another version reads as none
+    cal = calibration_for(kb, app.embeddings, 20)
+    assert cal.version == VERSION and cal.questions != 7
+    assert "unknown" not in cal.answerable and set(cal.answerable) == {"bias", "keyword", "dense_lift", "coverage"}
+    assert Calibration.from_json(kb.get_meta(META_KEY)).version == VERSION  # stored again in this version
+
+
+def test_content_units_are_character_pairs_that_survive_another_cut():
+    units = content_units("锦地罗的全长是多少？")
+    assert units == {"锦地", "地罗", "全长"}  # stop words (的, 是, 多少) and punctuation out
+    # the passage cuts the name otherwise (or writes it in Traditional script): its pairs are still there
+    assert coverage(units, ["錦地羅（學名），全長約10厘米。"]) == 1.0
+    # the best single passage, not the union: 全长 in one, 锦地罗 in another is 2/3 at most
+    assert coverage(units, ["全长约10厘米。", "锦地罗很远"]) == 2.0 / 3.0
+    assert coverage(units, []) == 0.0 and coverage(set(), ["锦地罗"]) == 0.0
+    assert content_units("RTX 4090 的显存多大") == {"rtx", "4090", "显存"}  # other scripts' words count too
+    assert content_units("Who won Super Bowl 50?") == set()  # no Chinese: the term share says it already
+
+
+class _EvidenceKB:
+    """The store methods `kb_evidence` reads: chunk texts by id (and counts the reads)."""
+
+    texts = {1: "锦地罗是茅膏菜科的植物，全长约10厘米。", 2: "茅膏菜科的另一种植物。", 3: "无关的文字。"}
+
+    def __init__(self):
+        self.reads = 0
+
+    def get_chunks(self, ids):
+        self.reads += 1
+
+        class _Rec:
+            def __init__(self, text):
+                self.text = text
+        return {i: _Rec(self.texts[i]) for i in ids if i in self.texts}
+
+
+class _EvidenceStats:
+    idf = {"锦地": 3.0, "罗": 1.0, "全长": 2.0, "野马": 3.0}
+    df = {"锦地": 0, "罗": 4, "全长": 2, "野马": 0}
+
+    def bm25_upper(self):
+        return 10.0
+
+
+def test_kb_evidence_is_what_the_retriever_and_the_calibration_both_read():
+    kb = _EvidenceKB()
+    ev = kb_evidence(kb, "锦地罗的全长是多少", _EvidenceStats(), [(1, 6.0), (2, 2.0), (3, 1.0)], [(1, 0.5), (3, 0.2)])
+    assert kb.reads == 1  # the best passages' texts once, for U and C
+    assert ev.keyword == 0.6 and abs(ev.dense_lift - 0.15) < 1e-9
+    assert ev.unknown == 3.0 / 9.0  # 锦地 is in a passage's text (cut otherwise), 野马 nowhere
+    assert ev.coverage == 1.0  # chunk 1 says all of 锦地 / 地罗 / 全长
+    without = kb_evidence(kb, "锦地罗的全长是多少", _EvidenceStats(), [(2, 2.0), (3, 1.0)], [(3, 0.2)], {"全长"})
+    assert without.keyword == 0.2 and without.coverage == 0.0 and without.unknown == 8.0 / 9.0
+    empty = kb_evidence(_EvidenceKB(), "锦地罗", _EvidenceStats(), [], [])
+    assert empty == Evidence(0.0, 6.0 / 9.0, 0.0, 0.0)
+
+
+def test_answerability_model_weighs_coverage_when_it_separates():
+    rng = np.random.default_rng(3)
+    out = _questions(rng, 150, useful=3, noise=1)
+    for q in out:  # the keyword share says little, the coverage much
+        q.evidence_answerable = Evidence(float(rng.uniform(0.1, 0.5)), 0.0, 0.1, float(rng.uniform(0.6, 1.0)))
+        q.evidence_unanswerable = Evidence(float(rng.uniform(0.0, 0.4)), 0.3, 0.1, float(rng.uniform(0.0, 0.4)))
+    cal = fit(out)
+    assert cal.answerable["coverage"] > 3.0 and cal.answerable["coverage"] > 2 * cal.answerable["keyword"]
+    said, unsaid = Evidence(0.3, 0.0, 0.1, 0.9), Evidence(0.3, 0.0, 0.1, 0.1)
+    assert cal.answerable_logit(said) > 0 > cal.answerable_logit(unsaid)
+    assert "coverage" in cal.summary()

@@ -29,17 +29,25 @@ lowers relevance).
 Refusal: the threshold reads P after per-question terms that say how well the KB *as a whole* covers the
 question (one value for every candidate of the KB, so they move refusal, never the ranking):
 
-    z' = z - w_unknown * U + min(0, logit P(answerable | K, L))                      (`Evidence`, `probability`)
-    P(answerable | K, L) = sigmoid(a + a_kw * K + a_d * L)
+    z' = z - w_unknown * U + min(0, logit P(answerable | K, L, C))                   (`Evidence`, `probability`)
+    P(answerable | K, L, C) = sigmoid(a + a_kw * K + a_d * L + a_c * C)
 
     K  the best BM25 share among the keyword candidates (BM25 / the question's bound: how much of the question's
        informative weight one passage matches; the strongest single separator of answerable from same-language
        off-topic questions measured on the dev sets)
     L  the dense lift: the best dense similarity minus the mean over the dense candidates (a blind embedding model
        gives every passage of a question about the same cosine, so only standing out counts, never the level)
+    C  the coverage: the largest share of the question's content (pairs of adjacent Chinese characters, words of
+       other scripts; stop words out: `keyword.content_units`) that one of the best COVERAGE_PASSAGES keyword
+       passages contains as text. About the question against its best passage, not the KB, and indifferent to
+       how jieba cut a name; an off-topic question's best passage shares a few common words, an answer most of
+       the question (measured: bench/README.md)
     U  the question's IDF share of terms no chunk of the KB contains (`unknown_share`), not counting terms found
        inside the best keyword passages' text (`robust_unknown_share`: jieba cuts an unknown name by its context,
        so "锦地罗" in a passage can be "锦地 / 罗" in the question)
+
+Every one of K, L, U and C comes from `kb_evidence`, the one function both serving (retriever.py) and the fit
+below use, so they cannot drift apart.
 
 w_unknown is fitted on the pseudo-questions asked twice, once answerable and once as if their whole source document
 were missing (`fit_refusal`). The answerability model is fitted on *query-like* pseudo-questions (`query_like`: 3-6
@@ -70,7 +78,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VERSION = 3  # bump when pseudo-questions or features change: stored calibrations of another version are redone
+VERSION = 4  # bump when pseudo-questions or features change: stored calibrations of another version are redone
+#             (`Calibration.from_json` reads another version as none: the KB is measured again on first use)
+#             4: answerability model on (K, L, C); its pinned "unknown" column dropped
 META_KEY = "retrieval_calibration"
 MAX_QUESTIONS = 120  # pseudo-questions per KB (3 embeddings each: seconds with a small model on an idle CPU)
 FEATURES = ("dense", "share", "bm25")
@@ -79,7 +89,8 @@ PRIOR = {"bias": -6.0, "dense": 3.0, "share": 3.0, "bm25": 3.0}
 # Refusal recalibration prior: the identity (probability as the ranking model says, no unknown-term penalty).
 IDENTITY = {"bias": 0.0, "scale": 1.0, "unknown": 0.0}
 # Answerability model prior (ridge centre): no evidence either way (P = 0.5, so min(0, logit) = 0: no refusal).
-ANSWERABLE_PRIOR = {"bias": 0.0, "keyword": 0.0, "unknown": 0.0, "dense_lift": 0.0}
+ANSWERABLE_PRIOR = {"bias": 0.0, "keyword": 0.0, "dense_lift": 0.0, "coverage": 0.0}
+ANSWERABLE_FEATURES = ("keyword", "dense_lift", "coverage")  # the Evidence fields it reads, in column order
 RIDGE = 2.0  # strength of the pull towards PRIOR, in pseudo-question units (so it fades as samples grow)
 
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+(?:[。！？!?；;]+|$)|[^\n]+")
@@ -100,14 +111,42 @@ class Evidence:
     keyword: float = 0.0  # K: best BM25 share among the keyword candidates
     unknown: float = 0.0  # U: IDF share of the question's terms the KB lacks
     dense_lift: float = 0.0  # L: best dense similarity minus the mean over the dense candidates
+    coverage: float = 0.0  # C: largest share of the question's content units one best keyword passage contains
 
 
-def evidence(bm25_shares: Sequence[float], dense_scores: Sequence[float], unknown: float) -> Evidence:
+def evidence(bm25_shares: Sequence[float], dense_scores: Sequence[float], unknown: float,
+             coverage: float = 0.0) -> Evidence:
     """`Evidence` from a KB's candidate lists: BM25 shares of its keyword candidates, dense_score of its dense
-    candidates (either may be empty: that side is off or found nothing)."""
+    candidates (either may be empty: that side is off or found nothing), U and C as measured."""
     keyword = min(1.0, max(bm25_shares, default=0.0))
     lift = (max(dense_scores) - sum(dense_scores) / len(dense_scores)) if dense_scores else 0.0
-    return Evidence(max(0.0, keyword), min(1.0, max(0.0, unknown)), min(1.0, max(0.0, lift)))
+    return Evidence(max(0.0, keyword), _unit(unknown), _unit(lift), _unit(coverage))
+
+
+def _unit(value: float) -> float:
+    return min(1.0, max(0.0, float(value)))
+
+
+COVERAGE_PASSAGES = 3  # best keyword candidates whose text C reads (measured: top 1 or 3 separate alike)
+
+
+def kb_evidence(kb, question: str, stats, keyword: Sequence[tuple[int, float]],
+                dense: Sequence[tuple[int, float]], absent: set[str] | frozenset[str] = frozenset()) -> Evidence:
+    """What `kb` offers `question` as a whole (`Evidence`), from its candidate lists: `keyword` [(chunk id, raw
+    BM25)] and `dense` [(chunk id, cosine)], best first, as retrieved (either may be empty); `stats`: the
+    question's TermStats in `kb`; `absent`: terms treated as missing from the KB (a pseudo-question's document
+    left out). The texts of the best keyword passages are read once, for U and C. The one definition serving and
+    calibration share."""
+    from kb_qa.retrieval.keyword import content_units
+    from kb_qa.retrieval.keyword import coverage as coverage_of
+
+    upper = stats.bm25_upper() or 1.0
+    head = [c for c, _ in keyword[:max(SEEN_PASSAGES, COVERAGE_PASSAGES)]]
+    recs = kb.get_chunks(head) if head else {}
+    texts = [recs[c].text for c in head if c in recs]
+    return evidence([min(1.0, s / upper) for _, s in keyword], [dense_score(s) for _, s in dense],
+                    _unknown_share_seen(stats, absent, texts[:SEEN_PASSAGES]),
+                    coverage_of(content_units(question), texts[:COVERAGE_PASSAGES]))
 
 
 @dataclass
@@ -135,8 +174,7 @@ class Calibration:
     def answerable_logit(self, ev: Evidence) -> float:
         """logit P(answerable | ev) by this KB's answerability model (0 = no evidence either way)."""
         a = self.answerable or ANSWERABLE_PRIOR
-        return (a.get("bias", 0.0) + a.get("keyword", 0.0) * ev.keyword - a.get("unknown", 0.0) * ev.unknown
-                + a.get("dense_lift", 0.0) * ev.dense_lift)
+        return a.get("bias", 0.0) + sum(a.get(k, 0.0) * getattr(ev, k) for k in ANSWERABLE_FEATURES)
 
     def probability(self, dense: float | None, share: float | None, bm25: float | None,
                     unknown: float = 0.0, evidence: Evidence | None = None) -> float:
@@ -173,9 +211,9 @@ class Calibration:
                 f"{self.fused.hit1:.2f} / MRR {self.fused.mrr10:.2f}; weights dense {self.weights['dense']:.2f}, "
                 f"share {self.weights['share']:.2f}, bm25 {self.weights['bm25']:.2f}; refusal scale {r['scale']:.2f}, "
                 f"unknown-term weight {r['unknown']:.2f}"
-                + (f"; answerable: keyword {self.answerable['keyword']:.2f}, unknown {self.answerable['unknown']:.2f},"
-                   f" dense lift {self.answerable['dense_lift']:.2f}, bias {self.answerable['bias']:.2f}"
-                   if self.answerable else ""))
+                + (f"; answerable: keyword {self.answerable['keyword']:.2f}, dense lift "
+                   f"{self.answerable['dense_lift']:.2f}, coverage {self.answerable['coverage']:.2f}, bias "
+                   f"{self.answerable['bias']:.2f}" if self.answerable else ""))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -372,24 +410,24 @@ def fit_refusal(questions: Sequence[_Question], w: np.ndarray) -> dict[str, floa
 def fit_answerable(questions: Sequence[_Question]) -> dict[str, float]:
     """P(answerable | Evidence) from the KB's query-like pseudo-questions, each asked as answerable and as
     unanswerable (leave-one-document-out); {} when no question carries evidence. Ridge towards "no evidence"
-    (ANSWERABLE_PRIOR); the weights keep their sign: more matched weight (K) or a passage standing out (L) never
-    lowers answerability."""
+    (ANSWERABLE_PRIOR); the weights keep their sign: more matched weight (K), a passage standing out (L) or more
+    of the question said by one passage (C) never lowers answerability.
+
+    U is not a column: a query-like question's terms come from its passage, so its U is ~0 (measured: 90th
+    percentile 0.02 on cmrc2018_trial), while a real answerable question often has a word the KB was never indexed
+    with (22% of cmrc2018_trial's). Fitted on these pairs, its weight came out ~3.7 and refused 3-4% of the dev
+    sets' answerable questions (bench_retrieval_fusion.py); it acts through `fit_refusal`'s weight only."""
     xs, ys = [], []
     for q in questions:
         for ev, label in ((q.evidence_answerable, 1.0), (q.evidence_unanswerable, 0.0)):
             if ev is not None:
-                xs.append([1.0, ev.keyword, -ev.unknown, ev.dense_lift])
+                xs.append([1.0] + [getattr(ev, k) for k in ANSWERABLE_FEATURES])
                 ys.append(label)
     if not xs or len(set(ys)) < 2:
         return {}
-    names = ("bias", "keyword", "unknown", "dense_lift")
+    names = ("bias",) + ANSWERABLE_FEATURES
     prior_w = np.array([ANSWERABLE_PRIOR[k] for k in names])
-    # U is left out here (kept at 0; it acts through `fit_refusal`'s weight): a query-like question's terms come
-    # from its passage, so its U is ~0 (measured: 90th percentile 0.02 on cmrc2018_trial), while a real answerable
-    # question often has a word the KB was never indexed with (22% of cmrc2018_trial's). Fitted on these pairs,
-    # its weight came out ~3.7 and refused 3-4% of the dev sets' answerable questions (bench_retrieval_fusion.py).
-    free = np.array([True, True, False, True])
-    w = fit_logistic(np.asarray(xs), np.asarray(ys), prior_w, RIDGE, len(xs), free=free)
+    w = fit_logistic(np.asarray(xs), np.asarray(ys), prior_w, RIDGE, len(xs))
     return dict(zip(names, map(float, w), strict=True))
 
 
@@ -435,7 +473,13 @@ def robust_unknown_share(kb, stats, keyword: Sequence[tuple[int, float]],
     if not unknown or not keyword:
         return unknown_share(stats.idf, stats.df, absent)
     recs = kb.get_chunks([c for c, _ in keyword[:SEEN_PASSAGES]])
-    return unknown_share(stats.idf, stats.df, absent, seen_in(unknown, [r.text for r in recs.values()]))
+    return _unknown_share_seen(stats, absent, [r.text for r in recs.values()])
+
+
+def _unknown_share_seen(stats, absent: set[str] | frozenset[str], texts: Sequence[str]) -> float:
+    """`unknown_share` not counting the unknown terms found in `texts` (the best keyword passages' texts)."""
+    unknown = [t for t, d in stats.df.items() if d == 0 or t in absent]
+    return unknown_share(stats.idf, stats.df, absent, seen_in(unknown, texts) if unknown else set())
 
 
 def _mask(d: int, keep: Sequence[int]) -> np.ndarray:
@@ -541,7 +585,7 @@ def calibrate(kb, embeddings, candidates: int = 50, max_questions: int = MAX_QUE
                                                     if d - (t in in_chunk) <= 0 and t not in rest_set})
         # unanswerable: every chunk that has it belongs to the source document
         u_neg = unknown_share(stats.idf, stats.df, {t for t, d in stats.df.items() if d - in_doc.get(t, 0) <= 0})
-        ev_pos, ev_neg = _answerability_pair(kb, query_terms(sterms), svec, candidates, sha, sha_of, in_doc)
+        ev_pos, ev_neg = _answerability_pair(kb, sterms, svec, candidates, sha, sha_of, in_doc)
         questions.append(_Question(np.asarray(rows, dtype=np.float64), target,
                                    d_rank if d_rank <= candidates else None, k_rank, u_pos, u_neg, ev_pos, ev_neg))
     cal = fit(questions)
@@ -572,18 +616,18 @@ def _joined(terms: Sequence[str]) -> str:
 _CJK_TERM = re.compile(r"[\u3400-\u9fff]")
 
 
-def _answerability_pair(kb, terms: Sequence[str], qvec, candidates: int, sha: str, sha_of: dict[int, str],
+def _answerability_pair(kb, question: str, qvec, candidates: int, sha: str, sha_of: dict[int, str],
                         in_doc: dict[str, int]) -> tuple[Evidence | None, Evidence | None]:
     """The `Evidence` of a query-like question against the KB as it is (its passage is there: answerable) and
     against the KB without the question's source document (leave-one-document-out: unanswerable, its terms only
     that document has become unknown)."""
     from kb_qa.retrieval.dense import dense_candidates
-    from kb_qa.retrieval.keyword import TermStats
+    from kb_qa.retrieval.keyword import TermStats, query_terms
 
+    terms = query_terms(question)
     if not terms:
         return None, None
     stats = TermStats(kb, terms)
-    upper = stats.bm25_upper() or 1.0
     keyword = kb.keyword_search(list(terms), candidates)
     dense = dense_candidates(kb, qvec, candidates)
     missing = list({c for c, _ in dense + keyword if c not in sha_of})
@@ -591,12 +635,9 @@ def _answerability_pair(kb, terms: Sequence[str], qvec, candidates: int, sha: st
         sha_of.update({c: r.sha256 for c, r in kb.get_chunks(missing).items()})
     kept = [(c, s) for c, s in keyword if sha_of.get(c) != sha]
     dense_kept = [(c, s) for c, s in dense if sha_of.get(c) != sha]
-    pos = evidence([min(1.0, s / upper) for _, s in keyword], [dense_score(s) for _, s in dense],
-                   robust_unknown_share(kb, stats, keyword))
     absent = {t for t, d in stats.df.items() if d - in_doc.get(t, 0) <= 0}
-    neg = evidence([min(1.0, s / upper) for _, s in kept], [dense_score(s) for _, s in dense_kept],
-                   robust_unknown_share(kb, stats, kept, absent))
-    return pos, neg
+    return (kb_evidence(kb, question, stats, keyword, dense),
+            kb_evidence(kb, question, stats, kept, dense_kept, absent))
 
 
 def dense_score(cosine: float) -> float:

@@ -7,7 +7,8 @@
 What `Source.score` means (and `retrieval.score_threshold` is compared with): the KB's calibrated estimate, in
 [0, 1], that this passage is the one the question is about (calibration.py: a per-KB logistic model of the dense
 cosine, the IDF-weighted term share and the normalised BM25, lowered for a question the KB as a whole covers badly:
-no passage matching much of it, none standing out, or terms the KB does not know at all); with a reranker
+no passage matching much of it, none standing out, none saying most of its words, or terms the KB does not know at
+all: `calibration.kb_evidence`); with a reranker
 configured, the cross-encoder's relevance probability (rerank.py).
 Sources come in the order of their scores. 0 keeps everything; the default refuses a question whose best passage
 is under it. When nothing is left, the answering chain replies that the KB has no answer.
@@ -33,12 +34,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from kb_qa.retrieval.calibration import (
-    calibration_for,
-    dense_score,
-    evidence,
-    robust_unknown_share,
-)
+from kb_qa.retrieval.calibration import Evidence, calibration_for, kb_evidence
 from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
 from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
@@ -103,9 +99,8 @@ class Retriever:
         # Candidates: each retriever's top n over all KBs (cosines are comparable across KBs built with one model).
         dense_list = keyword_list = None
         qvec = None
-        kb_dense: dict[str, list[float]] = {}  # each KB's own dense candidates' dense_score (its Evidence)
-        kb_keyword: dict[str, list[float]] = {}  # and its keyword candidates' BM25 shares
-        kb_unknown: dict[str, float] = {}  # and the share of the question's terms it lacks
+        kb_dense: dict[str, list[tuple[int, float]]] = {}  # each KB's own candidate lists (its Evidence)
+        kb_keyword: dict[str, list[tuple[int, float]]] = {}
         if use_dense:
             t = time.perf_counter()
             embeddings = self.app.embeddings
@@ -116,7 +111,7 @@ class Retriever:
             for name, kb in kbs_open.items():
                 kb.check_embedding(embeddings.model_name, embeddings.dimension, getattr(embeddings, "identity", None))
                 found_dense = dense_candidates(kb, qvec, n, allowed.get(name) if allowed else None)
-                kb_dense[name] = [dense_score(cos) for _, cos in found_dense]
+                kb_dense[name] = found_dense
                 merged += [((name, cid), cos) for cid, cos in found_dense]
             dense_list = sorted(merged, key=lambda p: -p[1])[:n]
             timings["dense"] = _ms(t)
@@ -130,8 +125,7 @@ class Retriever:
                 stats[name] = st = TermStats(kb, terms)
                 found = keyword_candidates(kb, query, n, allowed.get(name) if allowed else None)
                 upper = st.bm25_upper() or 1.0  # BM25 of different KBs has different IDFs: compare shares
-                kb_keyword[name] = [min(1.0, raw / upper) for _, raw in found]
-                kb_unknown[name] = robust_unknown_share(kb, st, found)
+                kb_keyword[name] = found
                 for cid, raw in found:
                     bm25_share[(name, cid)] = min(1.0, raw / upper)
                 merged += [((name, cid), raw / upper) for cid, raw in found]
@@ -155,9 +149,11 @@ class Retriever:
                 keyword_sim.update({(name, c): v for c, v in
                                     keyword_similarities(kb, query, ids, stats[name]).items()})
         models = {name: self.calibration(kb, s.candidates) for name, kb in kbs_open.items()}
-        # What each KB offers the question as a whole: lowers refusal's probability, never changes the order
-        ev = {name: evidence(kb_keyword.get(name, []), kb_dense.get(name, []), kb_unknown.get(name, 0.0))
-              for name in kbs_open}
+        # What each KB offers the question as a whole: lowers refusal's probability, never changes the order.
+        # Read only with the keyword side on (fusion ignores it otherwise).
+        ev: dict[str, Evidence | None] = {
+            name: kb_evidence(kb, query, stats[name], kb_keyword.get(name, []), kb_dense.get(name, []))
+            if name in stats else None for name, kb in kbs_open.items()}
         fused = fuse_calibrated(dense_list, keyword_list, dense_sim, keyword_sim, bm25_share,
                                 lambda key: models[key[0]], None,  # the unknown-term share is in the evidence
                                 lambda key: ev[key[0]])
