@@ -86,6 +86,11 @@ def _jieba():
     return jieba
 
 
+def precise_cut(text: str) -> list[str]:
+    """jieba's precise (non-overlapping) cut of `text`, as the analyser's bigram rule reads it."""
+    return _jieba().lcut(text)
+
+
 def _to_simplified(text: str) -> str:
     global _t2s
     if _t2s is None:
@@ -159,7 +164,7 @@ def _char_kinds(text: str, mode: str) -> list[int]:
     jieba = _jieba()
     freq = jieba.dt.FREQ  # word -> count; prefixes of words are there with 0
     kinds: list[int] = []
-    for word in jieba.lcut(text):
+    for word in precise_cut(text):
         if word in STOP_WORDS:
             kind = _PARTICLE
         elif _CJK.match(word) and (not freq.get(word) if len(word) > 1 else mode == "oov1"):
