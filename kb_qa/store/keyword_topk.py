@@ -13,8 +13,9 @@ k1 + 1). So (MaxScore, Turtle & Flood 1995):
   3. every chunk outside the m has S <= R_m + UB (R_m the m-th R; 0 if fewer than m rows matched): if the k-th
      best S found is at least that, the top k is exact; else m grows (the m already scored are kept), and past
      MAX_CANDIDATES the plain query runs. (Many chunks tied on R, e.g. copies of one passage, need many rounds.)
-Terms a tokenizer could split or fold (not one run of ASCII letters/digits or of CJK characters) always count as
-rare, so FTS5 scores them itself. Scores equal the plain query's up to float rounding (tested).
+Terms a tokenizer could split or fold (not one run of lowercase ASCII letters/digits, CJK characters and the analyser's
+private-use markers) always count as rare, so FTS5 scores them itself. Scores equal the plain query's up to float
+rounding (tested).
 
 Past a size (`approximate_from` indexed rows: `store.ann_min_chunks`, the switch the dense side has), the plain
 query -- O(every posting of every term), 0.3-1.3 s at 10^6 chunks -- never runs for a query of several terms;
@@ -45,8 +46,9 @@ MIN_CANDIDATES = 50
 MAX_CANDIDATES = 5_000
 APPROXIMATE_CANDIDATES = 200  # past the size: chunks scored with every term at most (~10-20 us each, warm)
 APPROXIMATE_RARE_POSTINGS = 5_000  # past the size: the most postings FTS5 is asked to rank (~3 us each)
-_TOKEN_CHAR = r"(?:[^\W_]|[\ue000-\uf8ff\u0300-\u036f])"  # what unicode61 keeps inside a token (as one char)
-_SIMPLE = re.compile(r"^(?:[0-9a-z]+|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)$")
+# One unicode61 token that tokenizer indexes unchanged: lowercase ASCII letters/digits, CJK ideographs and the
+# analyser's private-use markers (store.terms: identifier joins, n-gram prefix), in any mix (one run of token chars).
+_SIMPLE = re.compile(r"^[0-9a-z\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\ue000-\ue002]+$")
 
 
 def quoted(terms: list[str]) -> str:
@@ -216,19 +218,33 @@ def _add_common(conn: sqlite3.Connection, rows: list[tuple[int, float]], idf: di
         marks = ",".join("?" * len(part))
         sizes.update((int(i), _varints(bytes(sz))[0]) for i, sz in
                      conn.execute(f"SELECT id, sz FROM chunk_terms_docsize WHERE id IN ({marks})", part))
-    # A common term's count in a row: its whole tokens, found by one regex per term in C instead of splitting the
-    # whole row into tokens in Python. unicode61's token characters are letters, digits AND private-use ones (the
-    # analyser's markers: "\ue002町子" is one token, not "町子") and combining marks: none may touch the term.
-    finders = {t: re.compile(f"(?<!{_TOKEN_CHAR})" + re.escape(t) + f"(?!{_TOKEN_CHAR})") for t in idf}
     scores = {}
     for cid, rare_score in rows:
         text = texts.get(cid) or ""
         norm = K1 * (1 - B + B * sizes.get(cid, 0) / avgdl)
         extra = 0.0
         for t, w in idf.items():
-            if t in text:  # a substring test first: most rows lack most common terms
-                count = len(finders[t].findall(text))
-                if count:
-                    extra += w * (count * (K1 + 1)) / (count + norm)
+            count = _token_count(text, t)
+            if count:
+                extra += w * (count * (K1 + 1)) / (count + norm)
         scores[cid] = rare_score + extra
     return scores
+
+
+def _token_count(text: str, term: str) -> int:
+    """How many of unicode61's tokens of `text` are `term` (one of _SIMPLE's: token characters only): its
+    occurrences with no token character either side. unicode61's token characters are letters, digits AND
+    private-use ones (the analyser's markers: "\ue002町子" is one token, not "町子") and combining marks.
+    str.find in C, the sides checked in Python: ~5 us a row for 8 terms (a regex with a look-behind: ~30)."""
+    count, size, end = 0, len(term), len(text)
+    i = text.find(term)
+    while i >= 0:
+        j = i + size
+        if (i == 0 or not _is_token_char(text[i - 1])) and (j == end or not _is_token_char(text[j])):
+            count += 1
+        i = text.find(term, j)  # an occurrence starting inside this one has a token character before it
+    return count
+
+
+def _is_token_char(c: str) -> bool:
+    return c != " " and (c.isalnum() or "\ue000" <= c <= "\uf8ff" or "\u0300" <= c <= "\u036f")
