@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+import unicodedata
 
 from kb_qa.store import records
 
@@ -128,6 +129,8 @@ def top_k(conn: sqlite3.Connection, terms: list[str], df: dict[str, int], k: int
     fetched = plain(conn, rare, MAX_CANDIDATES + 1)  # one FTS5 query: it scores every posting to sort anyway
     scores: dict[int, float] = {}
     m = max(4 * k, MIN_CANDIDATES)
+    if approximate:
+        m = min(m, budget // 2)  # one round, the rest of the budget for `_spread`
     while fetched:
         rows = fetched[:m]
         scores.update(_add_common(conn, rows[len(scores):], idf, avgdl))  # only the rows not scored yet
@@ -150,9 +153,9 @@ def _spread(conn: sqlite3.Connection, fetched: list[tuple[int, float]], scores: 
     """Past the size, when the first round did not prove the top k: the best of at most `budget` candidates that
     hold a rare term (`fetched`: by R, best first; `scores`: those already scored with every term), spent on
     distinct R first. Chunks tied on R are most often copies (the same passage in many files), and the first
-    `budget` rows by R can all be copies of one passage while the next R's chunks score more in all: so one chunk
-    of each R value is scored first (half the budget), then the other chunks of the best-scoring R values until k
-    chunks are in hand."""
+    `budget` rows by R can all be copies of one passage while the next R's chunks score more in all: so one
+    chunk of each R value is scored first (half the budget left), then the other chunks of the best-scoring R
+    values until k chunks are in hand."""
     groups: list[list[int]] = []  # chunk ids of equal R, in R order
     last = None
     for cid, r in fetched:
@@ -161,7 +164,7 @@ def _spread(conn: sqlite3.Connection, fetched: list[tuple[int, float]], scores: 
             last = r
         groups[-1].append(cid)
     rare_score = dict(fetched)
-    firsts = [g[0] for g in groups if not any(c in scores for c in g)][:max(0, budget // 2 - len(scores))]
+    firsts = [g[0] for g in groups if not any(c in scores for c in g)][:max(0, budget - len(scores)) // 2]
     scores.update(_add_common(conn, [(c, rare_score[c]) for c in firsts], idf, avgdl))
     ranked = sorted((g for g in groups if any(c in scores for c in g)),
                     key=lambda g: -max(scores[c] for c in g if c in scores))
@@ -220,7 +223,7 @@ def _add_common(conn: sqlite3.Connection, rows: list[tuple[int, float]], idf: di
                      conn.execute(f"SELECT id, sz FROM chunk_terms_docsize WHERE id IN ({marks})", part))
     scores = {}
     for cid, rare_score in rows:
-        text = texts.get(cid) or ""
+        text = _as_indexed(texts.get(cid) or "")
         norm = K1 * (1 - B + B * sizes.get(cid, 0) / avgdl)
         extra = 0.0
         for t, w in idf.items():
@@ -234,7 +237,7 @@ def _add_common(conn: sqlite3.Connection, rows: list[tuple[int, float]], idf: di
 def _token_count(text: str, term: str) -> int:
     """How many of unicode61's tokens of `text` are `term` (one of _SIMPLE's: token characters only): its
     occurrences with no token character either side. unicode61's token characters are letters, digits AND
-    private-use ones (the analyser's markers: "\ue002町子" is one token, not "町子") and combining marks.
+    private-use ones (the analyser's markers: "\ue002町子" is one token, not "町子"); `text` as `_as_indexed` gives it.
     str.find in C, the sides checked in Python: ~5 us a row for 8 terms (a regex with a look-behind: ~30)."""
     count, size, end = 0, len(term), len(text)
     i = text.find(term)
@@ -247,4 +250,22 @@ def _token_count(text: str, term: str) -> int:
 
 
 def _is_token_char(c: str) -> bool:
-    return c != " " and (c.isalnum() or "\ue000" <= c <= "\uf8ff" or "\u0300" <= c <= "\u036f")
+    """unicode61's token characters: categories L*, N* and Co (after `_as_indexed`)."""
+    if c == " ":
+        return False
+    if c < "\x80":
+        return c.isalnum()
+    category = unicodedata.category(c)
+    return category[0] in "LN" or category == "Co"
+
+
+_DIACRITICS = re.compile(r"[\u00c0-\u024f\u0300-\u036f\u1e00-\u1eff]")  # Latin letters unicode61 folds, marks
+
+
+def _as_indexed(text: str) -> str:
+    """`text` as unicode61 remove_diacritics=2 compares it, for the Latin script (the only one whose folding can
+    make an ASCII term): "café" is the token "cafe", "a\u0301b" is "ab". The stored terms are NFKC and lower case
+    already (store.terms.fold)."""
+    if text.isascii() or not _DIACRITICS.search(text):
+        return text
+    return "".join(c for c in unicodedata.normalize("NFD", text) if not "\u0300" <= c <= "\u036f")
