@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="commits timed at each size, median reported (one can carry an FTS5 segment merge)")
     parser.add_argument("--vectors", choices=["lowrank", "random"], default="lowrank")
     parser.add_argument("--ann-min-chunks", type=int, default=None,
-                        help="compact (build the HNSW index) at sizes >= this, and approximate keyword top k from this size "
-                             "on (default: store.ann_min_chunks)")
+                        help="compact (build the HNSW index) at sizes >= this, and approximate keyword top k from "
+                             "this size on (default: store.ann_min_chunks)")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     texts = passages(args.eval_dir, args.chars)

@@ -72,7 +72,8 @@ def copies_kb(tmp_path, monkeypatch):
 def record_plain(monkeypatch):
     calls: list[list[str]] = []
     plain = keyword_topk.plain
-    monkeypatch.setattr(keyword_topk, "plain", lambda conn, terms, k: calls.append(list(terms)) or plain(conn, terms, k))
+    monkeypatch.setattr(keyword_topk, "plain",
+                        lambda conn, terms, k: calls.append(list(terms)) or plain(conn, terms, k))
     return calls
 
 
@@ -158,8 +159,8 @@ def test_common_term_counts_are_unicode61_tokens():
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE VIRTUAL TABLE t USING fts5(x, tokenize = 'unicode61 remove_diacritics 2')")
     conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
-    rows = ["\ue002町子 町子 a町子 町子b 町子", "町子町子 町子,町子 _町子_", "1974\ue0002 1974 2 x1974", "co-op op coop",
-            "ab\u0301 ab a\u0301b", "café naïve cafe", "©x x© x²", "हिन्दी x"]
+    rows = ["\ue002町子 町子 a町子 町子b 町子", "町子町子 町子,町子 _町子_", "1974\ue0002 1974 2 x1974",
+            "co-op op coop", "ab\u0301 ab a\u0301b", "café naïve cafe", "©x x© x²", "हिन्दी x"]
     conn.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", list(enumerate(rows, 1)))
     for rowid, text in enumerate(rows, 1):
         for term in ["町子", "1974", "2", "op", "co", "ab", "\ue002町子", "cafe", "naive", "x"]:
@@ -203,9 +204,9 @@ def test_document_frequencies_are_cached_until_any_commit(tmp_path, monkeypatch)
     code = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport numpy as np\nfrom kb_qa.schema import Chunk\n"
             "from kb_qa.store import KnowledgeBase\nkb = KnowledgeBase.open(sys.argv[2], 'kb')\n"
             "with kb.writer(embedding_model='m') as w:\n"
-            "    v = np.ones((1, %d), np.float32) / %d ** 0.5\n"
+            f"    v = np.ones((1, {DIM}), np.float32) / {DIM} ** 0.5\n"
             "    w.put_document('x.txt', 'sha-x', 1, None, [Chunk(text='apple crumble', source='x.txt')], v)\n"
-            "    w.commit()\n") % (DIM, DIM)
+            "    w.commit()\n")
     proc = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path)], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr
