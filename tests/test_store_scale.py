@@ -393,3 +393,29 @@ def test_a_kb_of_store_format_1_is_refused_with_the_fix_and_repair_upgrades_it(t
     assert doctor.check(kb).ok and records.get_meta(records.connect(kb.path / "kb.sqlite"), "schema_version") == "3"
     assert kb.keyword_search(search_terms("b.txt paragraph"), 4) == expected
     assert_consistent(kb)
+
+
+def test_the_re_scoring_fetch_runs_outside_the_index_lock(tmp_path, monkeypatch):
+    """Another thread can load or search the index while a search fetches its candidates' vectors."""
+    import threading
+
+    rng = np.random.default_rng(12)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=2, per_doc=30)
+    query = lowrank(rng, 1)[0]
+    expected = kb.dense_search(query, 5)
+    free: list[bool] = []
+    fetch = kb.chunk_vectors
+
+    def checked(ids):
+        got: list[bool] = []
+        probe = threading.Thread(target=lambda: got.append(kb._load_lock.acquire(timeout=5)
+                                                           and (kb._load_lock.release() or True)))
+        probe.start()
+        probe.join()
+        free.extend(got)
+        return fetch(ids)
+
+    monkeypatch.setattr(kb, "chunk_vectors", checked)
+    assert kb.dense_search(query, 5) == expected
+    assert free == [True]

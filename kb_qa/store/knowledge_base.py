@@ -329,7 +329,10 @@ class KnowledgeBase:
             view = self._current_index()
             if view is None:
                 return [[] for _ in range(len(queries))]
-            return view.search(queries, k, allowed, self.chunk_vectors)
+            candidates = view.candidates(queries, k, allowed)
+        # The re-scoring fetch (most of a search's time at 10^6) reads the records, not the view: other threads'
+        # searches and index loads need not wait for it (live_index.rescore says why it stays right).
+        return live_index.rescore(queries, candidates, k, self.chunk_vectors)
 
     def dense_search(self, query: np.ndarray, k: int, allowed: Collection[int] | None = None
                      ) -> list[tuple[int, float]]:
