@@ -23,7 +23,9 @@ instead (Elasticsearch's "common terms" query: high-frequency terms only score c
 term):
   - the MaxScore rounds stop at APPROXIMATE_CANDIDATES candidates; if the top k is not proved by then (e.g. ~914
     copies of one passage tied on R: no bound separates them), the best of the candidates scored with every term
-    is returned. Where the top k is provable within the budget the result is the exact one;
+    is returned: the rare terms' chunks, spread over distinct R (`_spread`), and up to a quarter of the budget
+    more holding all (or all but one) of the terms, as the rarest term can be a fragment the best chunks lack.
+    Where the top k is provable within the first round the result is the exact one;
   - when even the rarest term has more than APPROXIMATE_RARE_POSTINGS postings (FTS5 would score each, ~3 us),
     the candidates are the chunks holding all the terms, then (if fewer than k) all but one of them, then the
     rarest term: FTS5 finds them without scoring (it skips through the doclists: ~1-5 ms), at most the budget,
@@ -139,7 +141,16 @@ def top_k(conn: sqlite3.Connection, terms: list[str], df: dict[str, int], k: int
         if len(best) == k and best[-1][1] >= outside:
             return best  # proved: the exact top k
         if approximate:
-            return _spread(conn, fetched, scores, idf, avgdl, k, budget)
+            extra = 0
+            if not folded and len(present) > 1:
+                # The rarest term can be a stray fragment (a question cut mid-word) the best chunks lack: the
+                # chunks holding (all but one of) the terms are candidates too, each scored with every term.
+                every = {t: _idf(n, df[t]) for t in present}
+                held = [c for c in _holding_most(conn, present, k, max(2 * k, budget // 4), rarest_last=False)
+                        if c not in scores]
+                scores.update(_add_common(conn, [(c, 0.0) for c in held], every, avgdl))
+                extra = len(held)
+            return _spread(conn, fetched, scores, idf, avgdl, k, budget + extra)
         if len(fetched) <= m:
             break  # every chunk with a rare term is scored; chunks with only common terms might still rank
         if m >= MAX_CANDIDATES:
@@ -186,23 +197,33 @@ def _conjunctive(conn: sqlite3.Connection, present: list[str], df: dict[str, int
     """Past the size, when every term is frequent: up to `budget` chunks holding all of `present` (rarest
     first), then all but one, then the rarest term, found by FTS5 without ranking; each scored exactly with
     every term (the rare part 0: `_add_common` counts them all)."""
+    found = _holding_most(conn, present, k, budget, rarest_last=True)
+    idf = {t: _idf(n, df[t]) for t in present}
+    scores = _add_common(conn, [(cid, 0.0) for cid in found], idf, avgdl)
+    return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+
+
+def _holding_most(conn: sqlite3.Connection, present: list[str], k: int, limit: int, *,
+                  rarest_last: bool) -> list[int]:
+    """Up to `limit` chunk ids, in rowid order: those holding every term of `present`, then (while fewer than k)
+    those holding all but one, then (`rarest_last`) those holding the rarest. FTS5 finds them without scoring,
+    skipping through the doclists (~1-5 ms at 10^6 chunks)."""
     levels = [" AND ".join(_quoted_one(t) for t in present)]
     if 2 < len(present) <= 12:  # "all but one": one AND per term left out (12 terms: 12 small skips)
         levels.append(" OR ".join("(" + " AND ".join(_quoted_one(t) for t in present if t != out) + ")"
                                   for out in present))
-    levels.append(_quoted_one(present[0]))
+    if rarest_last:
+        levels.append(_quoted_one(present[0]))
     found: dict[int, None] = {}
     for expression in levels:  # each level's rows include the earlier levels' (rowid order): LIMIT the budget
         for (rowid,) in conn.execute("SELECT rowid FROM chunk_terms WHERE chunk_terms MATCH ? LIMIT ?",
-                                     (expression, budget)):
+                                     (expression, limit)):
             found.setdefault(int(rowid), None)
-            if len(found) >= budget:
+            if len(found) >= limit:
                 break
         if len(found) >= k:
             break
-    idf = {t: _idf(n, df[t]) for t in present}
-    scores = _add_common(conn, [(cid, 0.0) for cid in found], idf, avgdl)
-    return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+    return list(found)
 
 
 def _quoted_one(term: str) -> str:
