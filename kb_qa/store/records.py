@@ -427,6 +427,24 @@ def iter_vectors(conn: sqlite3.Connection, dim: int, batch: int = 4096, *, after
         yield ids, vecs
 
 
+def sample_vectors(conn: sqlite3.Connection, dim: int, n: int, seed: int,
+                   up_to_id: int | None = None) -> np.ndarray:
+    """The stored vectors (float32 [min(n, chunks), dim], in id order) of `n` chunks drawn uniformly without
+    replacement by a generator seeded with `seed` (ids <= `up_to_id`): what the quantiser is trained on, spread
+    over the whole knowledge base instead of its first documents."""
+    if up_to_id is None:
+        cur = conn.execute("SELECT id FROM chunks ORDER BY id")
+    else:
+        cur = conn.execute("SELECT id FROM chunks WHERE id <= ? ORDER BY id", (up_to_id,))
+    ids = np.fromiter((r[0] for r in cur), dtype=np.int64)
+    if len(ids) > n:
+        ids = np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+    found = chunk_vectors(conn, ids.tolist())
+    if not found:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.stack([found[int(i)] for i in ids if int(i) in found]).astype(np.float32, copy=False)
+
+
 def add_tombstones(conn: sqlite3.Connection, ids: Iterable[int], generation: int) -> None:
     conn.executemany("INSERT OR REPLACE INTO tombstones(chunk_id, generation) VALUES (?, ?)",
                      ((int(i), generation) for i in ids))
