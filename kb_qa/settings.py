@@ -250,7 +250,9 @@ class StoreSettings(Section):
     ann_min_chunks: int = Field(
         200_000, ge=1,
         description="Local store: from this many chunks on, `kb-qa kb compact` builds an approximate (HNSW) index "
-        "whose candidates are re-scored exactly; below it every search is exact over the stored vectors.",
+        "whose candidates are re-scored exactly, and a keyword search whose top k cannot be proved within a small "
+        "candidate budget returns the best candidates holding a rare query term (exact BM25 scores) instead of "
+        "scoring every chunk with a common term; below it every search is exact.",
     )
 
 

@@ -393,3 +393,52 @@ def test_a_kb_of_store_format_1_is_refused_with_the_fix_and_repair_upgrades_it(t
     assert doctor.check(kb).ok and records.get_meta(records.connect(kb.path / "kb.sqlite"), "schema_version") == "3"
     assert kb.keyword_search(search_terms("b.txt paragraph"), 4) == expected
     assert_consistent(kb)
+
+
+def test_the_re_scoring_fetch_runs_outside_the_index_lock(tmp_path, monkeypatch):
+    """Another thread can load or search the index while a search fetches its candidates' vectors."""
+    import threading
+
+    rng = np.random.default_rng(12)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=2, per_doc=30)
+    query = lowrank(rng, 1)[0]
+    expected = kb.dense_search(query, 5)
+    free: list[bool] = []
+    fetch = kb.chunk_vectors
+
+    def checked(ids):
+        got: list[bool] = []
+        probe = threading.Thread(target=lambda: got.append(kb._load_lock.acquire(timeout=5)
+                                                           and (kb._load_lock.release() or True)))
+        probe.start()
+        probe.join()
+        free.extend(got)
+        return fetch(ids)
+
+    monkeypatch.setattr(kb, "chunk_vectors", checked)
+    assert kb.dense_search(query, 5) == expected
+    assert free == [True]
+
+
+def test_compaction_trains_the_quantiser_on_a_seeded_sample_of_the_whole_kb(tmp_path, monkeypatch):
+    from kb_qa.store import vector_index
+
+    monkeypatch.setattr(vector_index, "TRAIN_SAMPLE", 20)
+    rng = np.random.default_rng(13)
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
+    fill(kb, rng, docs=4, per_doc=30)
+    trained: list[np.ndarray] = []
+    build = vector_index.build_ann
+    monkeypatch.setattr(vector_index, "build_ann", lambda batches, dim, training=None:
+                        trained.append(training) or build(batches, dim, training))
+    kb.compact(ann_min_chunks=10)
+    kb.compact(ann_min_chunks=10)
+    assert len(trained) == 2 and trained[0].shape == (20, 64)
+    np.testing.assert_array_equal(trained[0], trained[1])  # seeded: a rebuild trains on the same sample
+    conn = records.connect(kb.path / "kb.sqlite")
+    stored = {i: v for ids, vecs in records.iter_vectors(conn, 64) for i, v in zip(ids.tolist(), vecs, strict=True)}
+    conn.close()
+    picked = [i for row in trained[0] for i, v in stored.items() if np.array_equal(v, row)]
+    assert len(picked) == 20 and max(picked) > 60  # not the first 20 ids: drawn from the whole KB
+    assert kb.dense_search(lowrank(rng, 1)[0], 5)

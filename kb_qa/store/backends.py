@@ -16,7 +16,10 @@ def open_knowledge_base(store_settings, store_root: Path, name: str, *, create: 
 
         return MilvusKnowledgeBase.open(store_root, name, create=create, uri=store_settings.milvus_uri,
                                         token=store_settings.milvus_token)
-    return KnowledgeBase.open(store_root, name, create=create)
+    kb = KnowledgeBase.open(store_root, name, create=create)
+    if store_settings is not None:  # past this size a keyword top k may be approximate (store.keyword_topk)
+        kb.keyword_approximate_from = store_settings.ann_min_chunks
+    return kb
 
 
 def delete_knowledge_base(store_settings, store_root: Path, name: str, *, lock_timeout_s: float = 10.0) -> None:

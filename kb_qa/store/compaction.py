@@ -45,8 +45,10 @@ def compact(kb: KnowledgeBase, *, ann_min_chunks: int, lock_timeout_s: float = 1
             index = None
             if dim_text is not None and count >= max(1, ann_min_chunks):
                 started = time.perf_counter()
+                training = records.sample_vectors(conn, int(dim_text), vector_index.TRAIN_SAMPLE,
+                                                  vector_index.TRAIN_SEED, up_to_id=max_id)
                 index = vector_index.build_ann(records.iter_vectors(conn, int(dim_text), up_to_id=max_id),
-                                               int(dim_text))
+                                               int(dim_text), training)
                 done.append(f"built the approximate index of {index.ntotal} chunks in "
                             f"{time.perf_counter() - started:.1f} s (generation {generation})")
         finally:

@@ -220,7 +220,8 @@ def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
             dim = records.get_meta(conn, "embedding_dim")
             keep = 0
             if dim is not None and records.get_meta(conn, "ann_generation"):
-                index = vector_index.build_ann(records.iter_vectors(conn, int(dim)), int(dim))
+                training = records.sample_vectors(conn, int(dim), vector_index.TRAIN_SAMPLE, vector_index.TRAIN_SEED)
+                index = vector_index.build_ann(records.iter_vectors(conn, int(dim)), int(dim), training)
                 written, sha = vector_index.write_index(index, kb.path, generation)
                 for key, value in (("ann_generation", generation), ("ann_sha256", sha), ("ann_count", index.ntotal),
                                    ("ann_max_id", records.max_chunk_id(conn))):

@@ -67,6 +67,10 @@ class KnowledgeBase:
         self._index: live_index.LiveIndex | None = None
         self._load_lock = threading.RLock()  # loading/advancing the index vs searching it
         self._query_lock = threading.Lock()  # the read connection is shared by threads; one statement at a time
+        self._frequencies = records.TermFrequencies()  # document frequencies counted on the read connection
+        # From this many chunks on, a keyword top k that cannot be proved cheaply is approximate (keyword_topk);
+        # None: always exact. The composition root sets it from `store.ann_min_chunks` (backends.py).
+        self.keyword_approximate_from: int | None = None
 
     # -- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -215,6 +219,7 @@ class KnowledgeBase:
         if self._read_conn is not None:
             self._read_conn.close()
             self._read_conn = None
+            self._frequencies = records.TermFrequencies()  # they belonged to that connection
         self._index = None
 
     @property
@@ -281,7 +286,7 @@ class KnowledgeBase:
     def document_frequencies(self, terms: Iterable[str]) -> dict[str, int]:
         """{term: number of chunks containing it} for the given terms (0 for unknown terms)."""
         terms = list(dict.fromkeys(terms))
-        found = self._query(records.document_frequencies, terms)
+        found = self._query(self._frequencies.lookup, terms)
         return {t: int(found.get(t, 0)) for t in terms}
 
     def get_meta(self, key: str) -> str | None:
@@ -324,7 +329,10 @@ class KnowledgeBase:
             view = self._current_index()
             if view is None:
                 return [[] for _ in range(len(queries))]
-            return view.search(queries, k, allowed, self.chunk_vectors)
+            candidates = view.candidates(queries, k, allowed)
+        # The re-scoring fetch (most of a search's time at 10^6) reads the records, not the view: other threads'
+        # searches and index loads need not wait for it (live_index.rescore says why it stays right).
+        return live_index.rescore(queries, candidates, k, self.chunk_vectors)
 
     def dense_search(self, query: np.ndarray, k: int, allowed: Collection[int] | None = None
                      ) -> list[tuple[int, float]]:
@@ -336,7 +344,12 @@ class KnowledgeBase:
         best first, at most `k`; with `allowed`, only those chunk ids."""
         check_analyser(self.name, self.get_meta(ANALYSER_META_KEY), self.chunk_count())  # else terms disagree
         self._query(records.check_keyword_format, self.name)  # a KB of store format 1: `kb repair` first
-        return [self._query(records.keyword_search, terms, k, allowed) for terms in term_lists]
+        return [self._query(self._keyword_search, terms, k, allowed) for terms in term_lists]
+
+    def _keyword_search(self, conn: sqlite3.Connection, terms: Sequence[str], k: int,
+                        allowed: Collection[int] | None) -> list[tuple[int, float]]:
+        return records.keyword_search(conn, terms, k, allowed, frequencies=self._frequencies,
+                                      approximate_from=self.keyword_approximate_from)
 
     def keyword_search(self, terms: Sequence[str], k: int, allowed: Collection[int] | None = None
                        ) -> list[tuple[int, float]]:

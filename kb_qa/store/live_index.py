@@ -76,6 +76,11 @@ class LiveIndex:
     # -- searching ------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed: Collection[int] | None,
                fetch_vectors: FetchVectors) -> list[list[tuple[int, float]]]:
+        return rescore(queries, self.candidates(queries, k, allowed), k, fetch_vectors)
+
+    def candidates(self, queries: np.ndarray, k: int, allowed: Collection[int] | None) -> list[list[int]]:
+        """Per query, the chunk ids `rescore` ranks: the exact delta's top k and the approximate base's
+        candidates. Only this part reads the view (the caller keeps commits from advancing it meanwhile)."""
         if k <= 0 or (allowed is not None and not allowed):
             return [[] for _ in range(len(queries))]
         delta_hits = vector_index.search(self.delta, queries, k, allowed)
@@ -83,9 +88,7 @@ class LiveIndex:
         if self.base is not None:
             for row, extra in enumerate(self._base_candidates(queries, k, allowed)):
                 candidates[row].extend(extra)
-        wanted = {i for row in candidates for i in row}
-        vectors = fetch_vectors(wanted) if wanted else {}
-        return [_rescore(q, row, vectors, k) for q, row in zip(queries, candidates, strict=True)]
+        return candidates
 
     def _base_candidates(self, queries: np.ndarray, k: int, allowed: Collection[int] | None) -> list[list[int]]:
         if allowed is not None and len(allowed) <= EXACT_ALLOWED_MAX:
@@ -107,6 +110,16 @@ class LiveIndex:
         finally:
             vector_index.set_ef_search(self.base, EF_SEARCH)
         return [[i for i, _ in row] for row in hits]
+
+
+def rescore(queries: np.ndarray, candidates: list[list[int]], k: int,
+            fetch_vectors: FetchVectors) -> list[list[tuple[int, float]]]:
+    """Each query's candidates ranked by their exact cosine from the stored vectors, best first, at most `k`. It
+    needs no view: chunk ids are never reused and a chunk's vector never changes, so a commit since the
+    candidates were found can only have removed one (its vector is gone: it is skipped)."""
+    wanted = {i for row in candidates for i in row}
+    vectors = fetch_vectors(wanted) if wanted else {}
+    return [_rescore(q, row, vectors, k) for q, row in zip(queries, candidates, strict=True)]
 
 
 def _rescore(query: np.ndarray, ids: list[int], vectors: dict[int, np.ndarray], k: int) -> list[tuple[int, float]]:

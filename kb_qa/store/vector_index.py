@@ -44,6 +44,7 @@ HNSW_EF_CONSTRUCTION = 48
 CODE_BITS = "QT_4bit"
 SMALL_BATCH = 8  # fewer queries than this are searched on the calling thread alone
 TRAIN_SAMPLE = 65536  # vectors the scalar quantiser's per-dimension ranges are trained on
+TRAIN_SEED = 20261202  # which ones (records.sample_vectors): a fixed seed, so a rebuild trains on the same sample
 
 
 def index_path(folder: Path, generation: int) -> Path:
@@ -142,14 +143,19 @@ def from_vectors(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):
     return index
 
 
-def build_ann(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):
-    """An approximate index (HNSW over 4-bit quantised vectors, inner product, chunk ids) of every batch."""
+def build_ann(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, training: np.ndarray | None = None):
+    """An approximate index (HNSW over 4-bit quantised vectors, inner product, chunk ids) of every batch. The
+    quantiser is trained on `training` (float32 [n, dim]: a random sample of the KB, records.sample_vectors);
+    without it, on the first TRAIN_SAMPLE vectors of the batches (the oldest documents: their ranges may not be
+    the later ones')."""
     import faiss
 
     hnsw = faiss.IndexHNSWSQ(dim, getattr(faiss.ScalarQuantizer, CODE_BITS), HNSW_M,
                              faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index = faiss.IndexIDMap2(hnsw)
+    if training is not None and len(training):
+        index.train(np.ascontiguousarray(training, dtype=np.float32))
     pending_ids: list[np.ndarray] = []
     pending: list[np.ndarray] = []
     held = 0
