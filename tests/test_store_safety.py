@@ -99,7 +99,7 @@ def test_disk_full_while_writing_the_index_is_one_line_and_loses_nothing(tmp_pat
     with pytest.raises(StorageError) as caught:
         kb.compact(ann_min_chunks=1)
     message = str(caught.value)
-    assert "'kb'" in message and "No space left" in message and "Free about" in message
+    assert "'kb'" in message and "No space left" in message and "Free at least" in message
     assert "Nothing was lost" in message and "\n" not in message and "rollback" not in message
     assert not list(kb.path.glob("*.tmp")) and not list(kb.path.glob("index-*"))
     monkeypatch.setattr(vector_index, "write_index", real_write)

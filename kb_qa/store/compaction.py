@@ -20,9 +20,9 @@ import time
 from typing import TYPE_CHECKING
 
 from kb_qa.store import records, vector_index
-from kb_qa.store.errors import KnowledgeBaseNotFound, StorageError
+from kb_qa.store.errors import KnowledgeBaseNotFound, storage_error
 from kb_qa.store.knowledge_base import _MISSING
-from kb_qa.store.writer import _crash_point, _is_disk_full
+from kb_qa.store.writer import _crash_point
 
 if TYPE_CHECKING:
     from kb_qa.store.knowledge_base import KnowledgeBase
@@ -77,12 +77,9 @@ def _record(kb: KnowledgeBase, conn, index, generation: int, max_id: int, done: 
             try:
                 _path, sha = vector_index.write_index(index, kb.path, generation)
             except OSError as exc:
-                reason = exc.strerror or str(exc)
-                need = f" Free about {max(index.ntotal * 700, 1 << 20) / 2**20:.0f} MiB." if _is_disk_full(exc) \
-                    else ""
-                raise StorageError(f"knowledge base {kb.name!r}: writing the approximate index failed: {reason}. "
-                                   f"Nothing was lost: searches stay exact and the temporary file was removed."
-                                   f"{need}") from exc
+                raise storage_error(kb.name, "writing the approximate index", exc, kb.path,
+                                    outcome="nothing was lost: searches stay exact and the temporary file was removed",
+                                    need_bytes=max(index.ntotal * 700, 1 << 20)) from exc  # ~700 bytes a vector
             _crash_point("compact-after-index-write")
             for key, value in zip(ANN_KEYS, (generation, sha, index.ntotal, max_id), strict=True):
                 records.set_meta(conn, key, str(value))
