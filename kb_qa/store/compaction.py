@@ -27,7 +27,6 @@ from kb_qa.store.writer import _crash_point
 if TYPE_CHECKING:
     from kb_qa.store.knowledge_base import KnowledgeBase
 
-ANN_KEYS = ("ann_generation", "ann_sha256", "ann_count", "ann_max_id")
 
 
 def compact(kb: KnowledgeBase, *, ann_min_chunks: int, lock_timeout_s: float = 10.0) -> list[str]:
@@ -70,7 +69,8 @@ def _record(kb: KnowledgeBase, conn, index, generation: int, max_id: int, done: 
             done.append("the knowledge base was rebuilt or repaired meanwhile: nothing recorded; run it again")
             return
         current = int(records.get_meta(conn, "index_generation", "0"))
-        had = int(records.get_meta(conn, "ann_generation", "0"))
+        recorded = records.get_ann(conn)
+        had = recorded.generation if recorded else 0
         keep = had
         if index is not None:
             _crash_point("compact-before-index-write")
@@ -81,13 +81,11 @@ def _record(kb: KnowledgeBase, conn, index, generation: int, max_id: int, done: 
                                     outcome="nothing was lost: searches stay exact and the temporary file was removed",
                                     need_bytes=max(index.ntotal * 700, 1 << 20)) from exc  # ~700 bytes a vector
             _crash_point("compact-after-index-write")
-            for key, value in zip(ANN_KEYS, (generation, sha, index.ntotal, max_id), strict=True):
-                records.set_meta(conn, key, str(value))
+            records.set_ann(conn, records.AnnRecord(generation, sha, int(index.ntotal), max_id))
             keep = generation
             pruned = records.prune_tombstones(conn, generation)
         else:
-            for key in ANN_KEYS:
-                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            records.set_ann(conn, None)
             if had:
                 done.append("dropped the approximate index (the knowledge base is below store.ann_min_chunks)")
             keep = 0
@@ -97,7 +95,8 @@ def _record(kb: KnowledgeBase, conn, index, generation: int, max_id: int, done: 
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        vector_index.remove_stale_files(kb.path, int(records.get_meta(conn, "ann_generation", "0")))
+        still = records.get_ann(conn)
+        vector_index.remove_stale_files(kb.path, still.generation if still else 0)
         raise
     _crash_point("compact-after-commit")
     if pruned:

@@ -101,7 +101,8 @@ def _check(kb: KnowledgeBase) -> CheckReport:
                                "(SELECT sha256 FROM documents)").fetchone()[0]
         if orphans:
             report.problems.append(f"{orphans} contents no document refers to")
-        generation = int(records.get_meta(conn, "ann_generation", "0"))
+        ann = records.get_ann(conn)
+        generation = ann.generation if ann else 0
         dim = records.get_meta(conn, "embedding_dim")
         if dim is not None:
             vectors = conn.execute("SELECT COUNT(*) FROM chunks WHERE length(vector) = ?",
@@ -109,10 +110,9 @@ def _check(kb: KnowledgeBase) -> CheckReport:
             report.facts["vectors"] = vectors
             if vectors != chunks:
                 report.problems.append(f"{chunks - vectors} chunks have no vector of {dim} dimensions")
-        if dim is not None and generation:
-            path = vector_index.index_path(kb.path, generation)
-            index = vector_index.read_index(path, records.get_meta(conn, "ann_sha256"),
-                                            int(records.get_meta(conn, "ann_count", "-1")), int(dim))
+        if dim is not None and ann:
+            path = vector_index.index_path(kb.path, ann.generation)
+            index = vector_index.read_index(path, ann.sha256, ann.count, int(dim))
             if index is None:
                 report.problems.append(f"vector index {path.name} is missing, damaged or disagrees with its "
                                        f"records (searches are exact until `kb repair` or `kb compact`)")
@@ -219,13 +219,12 @@ def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
             count = len(rows)
             dim = records.get_meta(conn, "embedding_dim")
             keep = 0
-            if dim is not None and records.get_meta(conn, "ann_generation"):
+            if dim is not None and records.get_ann(conn):
                 training = records.sample_vectors(conn, int(dim), vector_index.TRAIN_SAMPLE, vector_index.TRAIN_SEED)
                 index = vector_index.build_ann(records.iter_vectors(conn, int(dim)), int(dim), training)
                 written, sha = vector_index.write_index(index, kb.path, generation)
-                for key, value in (("ann_generation", generation), ("ann_sha256", sha), ("ann_count", index.ntotal),
-                                   ("ann_max_id", records.max_chunk_id(conn))):
-                    records.set_meta(conn, key, str(value))
+                records.set_ann(conn, records.AnnRecord(generation, sha, int(index.ntotal),
+                                                        records.max_chunk_id(conn)))
                 records.prune_tombstones(conn, generation)
                 keep = generation
                 done.append(f"rebuilt the vector index from {index.ntotal} stored vectors "

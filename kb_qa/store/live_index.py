@@ -140,7 +140,8 @@ def load(conn, folder: Path, dim: int, previous: LiveIndex | None) -> LiveIndex:
     """The view of the committed generation in `conn`'s read snapshot: `previous` advanced if it can be, else a
     full load (the base file, if any and intact, plus the rows above it)."""
     generation = int(records.get_meta(conn, "index_generation", "0"))
-    ann_generation = int(records.get_meta(conn, "ann_generation", "0"))
+    ann = records.get_ann(conn)
+    ann_generation = ann.generation if ann else 0
     if previous is not None and previous.dim == dim and previous.base_generation == ann_generation:
         if previous.generation == generation:
             return previous
@@ -150,13 +151,11 @@ def load(conn, folder: Path, dim: int, previous: LiveIndex | None) -> LiveIndex:
             previous.advance(conn, generation)
             return previous
     base, base_max_id, base_removed = None, 0, np.empty(0, dtype=np.int64)
-    if ann_generation:
-        base = vector_index.read_index(vector_index.index_path(folder, ann_generation),
-                                       records.get_meta(conn, "ann_sha256"),
-                                       int(records.get_meta(conn, "ann_count", "0")), dim)
+    if ann:
+        base = vector_index.read_index(vector_index.index_path(folder, ann.generation), ann.sha256, ann.count, dim)
         if base is not None:
             vector_index.set_ef_search(base, EF_SEARCH)
-            base_max_id = int(records.get_meta(conn, "ann_max_id", "0"))
+            base_max_id = ann.max_id
             removed = records.tombstones_after(conn, ann_generation)
             base_removed = np.unique(removed[removed <= base_max_id]).astype(np.int64)
     delta = vector_index.from_vectors(records.iter_vectors(conn, dim, after_id=base_max_id), dim)

@@ -314,6 +314,38 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
                  (key, value))
 
 
+@dataclass(frozen=True)
+class AnnRecord:
+    """What meta says of the approximate index file (`index-<generation>.faiss`, written by compaction): its
+    generation, checksum, vector count, and the highest chunk id it covers (the rows above it are the exact delta)."""
+
+    generation: int
+    sha256: str | None
+    count: int
+    max_id: int
+
+
+_ANN_KEYS = ("ann_generation", "ann_sha256", "ann_count", "ann_max_id")
+
+
+def get_ann(conn: sqlite3.Connection) -> AnnRecord | None:
+    """The recorded approximate index; None: there is none (every search is exact over the stored vectors)."""
+    generation = int(get_meta(conn, "ann_generation", "0"))
+    if not generation:
+        return None
+    return AnnRecord(generation, get_meta(conn, "ann_sha256"), int(get_meta(conn, "ann_count", "-1")),
+                     int(get_meta(conn, "ann_max_id", "0")))
+
+
+def set_ann(conn: sqlite3.Connection, record: AnnRecord | None) -> None:
+    """Record `record` as the approximate index, or (None) forget it; in the caller's transaction."""
+    if record is None:
+        conn.executemany("DELETE FROM meta WHERE key = ?", ((key,) for key in _ANN_KEYS))
+        return
+    for key, value in zip(_ANN_KEYS, (record.generation, record.sha256, record.count, record.max_id), strict=True):
+        set_meta(conn, key, str(value))
+
+
 def count_chunks(conn: sqlite3.Connection) -> int:
     """Chunk rows, counted (a scan: O(chunks)). Readers use `chunk_count`, which the commit records in meta."""
     return conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]

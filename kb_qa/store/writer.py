@@ -107,7 +107,7 @@ class Writer:
                     f"nothing was written. Run `kb-qa kb check {kb.name}` and `kb-qa kb repair {kb.name}`, or "
                     f"re-ingest into a new knowledge base")
             records.init_schema(self._conn)
-            ann_generation = int(records.get_meta(self._conn, "ann_generation", "0"))
+            ann = records.get_ann(self._conn)
         except sqlite3.DatabaseError as exc:  # "database disk image is malformed" can also come as an exception
             self._conn.close()
             if is_io_error(exc):  # the disk failed (full, I/O error, read-only): says nothing about the file
@@ -125,7 +125,7 @@ class Writer:
         self._in_tx = False
         self._cleared = False
         # leftovers of a crashed writer or compaction (and index files of the earlier one-file-per-commit format)
-        vector_index.remove_stale_files(kb.path, ann_generation)
+        vector_index.remove_stale_files(kb.path, ann.generation if ann else 0)
 
     def _begin(self) -> None:
         self._check_transaction()
@@ -304,8 +304,7 @@ class Writer:
         if self._cleared:
             # A rebuild: every reader reloads from the records, and the approximate index (of the old chunks) goes.
             records.set_meta(conn, "vectors_rebased_at", str(new_generation))
-            for key in ("ann_generation", "ann_sha256", "ann_count", "ann_max_id"):
-                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            records.set_ann(conn, None)
             count = records.count_chunks(conn)  # a rebuild's rows are all new: counted once
         else:  # the committed count plus this batch: O(batch), where counting the rows is O(KB)
             recorded = records.get_meta(conn, "chunk_count")
