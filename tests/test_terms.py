@@ -91,6 +91,21 @@ def test_question_words_and_filler_are_not_terms():
     assert search_terms("请问一下是什么呢") == []
 
 
+def test_question_forms_leave_the_question_but_names_that_begin_alike_stay():
+    from kb_qa.retrieval.keyword import content_units, query_terms
+
+    assert query_terms("华沙是哪国的首都？") == ["华沙", "首都"]
+    assert query_terms("球队有几名队员？") == ["球队", "队员"]
+    assert query_terms("他是第几位总统？") == ["他", "总统"]
+    assert query_terms("请说出三个原因。") == ["三个", "原因"]
+    assert "哪些地方" not in query_terms("这座城市有哪些地方值得去？")
+    assert "哪一位" not in query_terms("哪一位球员获得了最有价值球员？")
+    assert content_units("华沙是哪国的首都？") == {"华沙", "首都"}  # no pair of the form: nothing a passage lacks
+    assert {"哪吒", "父亲"} <= set(query_terms("哪吒的父亲是谁"))  # a name, not 哪 + a measure word
+    assert "几内亚" in query_terms("几内亚的首都是哪里？") and "几何" in query_terms("几何学的创始人")
+    assert "哪国" in search_terms("华沙是哪国的首都？") and "几名" in search_terms("球队有几名队员？")  # the analyser
+
+
 def test_a_name_jieba_cuts_otherwise_in_question_and_passage_is_found_by_its_bigrams(tmp_path):
     # jieba: "锦地罗" whole in the passage, "锦地 / 罗" in the question: no word term of the name is shared, and the
     # passage that shares "全长" would win without the bigrams.

@@ -22,12 +22,13 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from kb_qa.store.terms import search_terms
+from kb_qa.store.terms import is_question_form, search_terms
 
 
 def query_terms(text: str) -> list[str]:
-    """The question's distinct search terms, in order (what both the MATCH and the similarity use)."""
-    return list(dict.fromkeys(search_terms(text)))
+    """The question's distinct search terms, in order (what both the MATCH and the similarity use); its
+    question forms ("哪一位", "几名": `store.terms.is_question_form`) left out."""
+    return [t for t in dict.fromkeys(search_terms(text)) if not is_question_form(t)]
 
 
 def keyword_candidates(kb, text: str, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
@@ -118,7 +119,8 @@ def content_units(text: str) -> set[str]:
         run.clear()
 
     for piece in pieces:
-        if _CJK_CHAR.search(piece) and piece not in STOP_WORDS and _WORDS.fullmatch(piece):
+        if (_CJK_CHAR.search(piece) and piece not in STOP_WORDS and not is_question_form(piece)
+                and _WORDS.fullmatch(piece)):
             run.append(piece)
             continue
         close()

@@ -72,6 +72,21 @@ STOP_WORDS = frozenset(
     "what which who whom whose how why when where that this these those it its there their they he she his her "
     "me my we our you your can could would should will shall may might please tell".split())
 
+# Question forms jieba keeps as one word and STOP_WORDS cannot list: a question head and a measure word ("哪一位",
+# "哪国", "几名", "第几"), "哪些" + a noun ("哪些地方"), a lone "第" ("第几位" is cut "第 / 几位") and the
+# instructions "(请)说出 / 列出 ...". They say what kind of answer is wanted, not what it is about: answerable
+# questions read as if they held words their passage lacks. Questions only (`is_question_form`): documents keep
+# their terms (the analyser is unchanged, so no KB needs `kb repair`). Names that begin alike ("哪吒", "几内亚",
+# "几何") are not head + measure word.
+_MEASURE_WORDS = "位名个国年天种类部座所条支家次人岁样届场件项首本张只月日号点批"
+_QUESTION_FORM = re.compile(rf"^(?:第?几|哪一?|哪几)[{_MEASURE_WORDS}]$|^哪些\w+$|^第几?$"
+                            r"|^请?(?:说出|列出|列举|写出|指出)$")
+
+
+def is_question_form(term: str) -> bool:
+    """A Chinese question form (see _QUESTION_FORM): left out of a question's search terms and coverage units."""
+    return bool(_QUESTION_FORM.match(term))
+
 
 def _jieba():
     global _ready
