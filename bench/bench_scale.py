@@ -210,7 +210,7 @@ def measure(kb: KnowledgeBase, texts: list[str], queries: int, vectors: Vectors,
         fresh.keyword_search(terms, 10)
         cold.append((time.perf_counter() - started) * 1000)
         fresh.close()
-    if kb_is_local(kb):
+    if type(kb) is KnowledgeBase:  # the local store (the exact plain query is its own)
         from kb_qa.store import keyword_topk, records
 
         conn = records.connect(kb.path / "kb.sqlite")
@@ -224,10 +224,6 @@ def measure(kb: KnowledgeBase, texts: list[str], queries: int, vectors: Vectors,
     return {"first_ms": first_ms, "dense_p50_ms": statistics.median(dense), "recall_at_10": recall,
             "keyword_p50_ms": statistics.median(keyword), "keyword_cold_p50_ms": statistics.median(cold),
             "keyword_recall_at_10": statistics.mean(keyword_recall) if keyword_recall else None}
-
-
-def kb_is_local(kb: KnowledgeBase) -> bool:
-    return type(kb) is KnowledgeBase
 
 
 def tie_aware_recall(returned: list[float], truth: list[float], eps: float = 1e-6) -> float:

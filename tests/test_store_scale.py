@@ -430,7 +430,7 @@ def test_compaction_trains_the_quantiser_on_a_seeded_sample_of_the_whole_kb(tmp_
     fill(kb, rng, docs=4, per_doc=30)
     trained: list[np.ndarray] = []
     build = vector_index.build_ann
-    monkeypatch.setattr(vector_index, "build_ann", lambda batches, dim, training=None:
+    monkeypatch.setattr(vector_index, "build_ann", lambda batches, dim, training:
                         trained.append(training) or build(batches, dim, training))
     kb.compact(ann_min_chunks=10)
     kb.compact(ann_min_chunks=10)
@@ -441,4 +441,12 @@ def test_compaction_trains_the_quantiser_on_a_seeded_sample_of_the_whole_kb(tmp_
     conn.close()
     picked = [i for row in trained[0] for i, v in stored.items() if np.array_equal(v, row)]
     assert len(picked) == 20 and max(picked) > 60  # not the first 20 ids: drawn from the whole KB
+    # ... and the index written is trained on it: its 4-bit quantiser's ranges are the sample's min and range
+    import faiss
+
+    ann = records.get_ann(records.connect(kb.path / "kb.sqlite"))
+    written = vector_index.read_index(vector_index.index_path(kb.path, ann.generation), ann.sha256, ann.count, 64)
+    ranges = faiss.vector_to_array(faiss.downcast_index(faiss.downcast_index(written.index).storage).sq.trained)
+    np.testing.assert_allclose(ranges[:64], trained[0].min(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(ranges[64:], np.ptp(trained[0], axis=0), rtol=1e-5)
     assert kb.dense_search(lowrank(rng, 1)[0], 5)

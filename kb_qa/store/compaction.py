@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from kb_qa.store.knowledge_base import KnowledgeBase
 
 
+def build_index(conn, dim: int, up_to_id: int | None = None):
+    """The approximate index of the stored vectors (ids <= `up_to_id`) in `conn`'s snapshot, its quantiser trained
+    on a seeded uniform sample of them (compaction, and `kb repair` rebuilding it)."""
+    training = records.sample_vectors(conn, dim, vector_index.TRAIN_SAMPLE, vector_index.TRAIN_SEED,
+                                      up_to_id=up_to_id)
+    return vector_index.build_ann(records.iter_vectors(conn, dim, up_to_id=up_to_id), dim, training)
+
 
 def compact(kb: KnowledgeBase, *, ann_min_chunks: int, lock_timeout_s: float = 10.0) -> list[str]:
     if kb._state() == _MISSING:
@@ -44,10 +51,7 @@ def compact(kb: KnowledgeBase, *, ann_min_chunks: int, lock_timeout_s: float = 1
             index = None
             if dim_text is not None and count >= max(1, ann_min_chunks):
                 started = time.perf_counter()
-                training = records.sample_vectors(conn, int(dim_text), vector_index.TRAIN_SAMPLE,
-                                                  vector_index.TRAIN_SEED, up_to_id=max_id)
-                index = vector_index.build_ann(records.iter_vectors(conn, int(dim_text), up_to_id=max_id),
-                                               int(dim_text), training)
+                index = build_index(conn, int(dim_text), up_to_id=max_id)
                 done.append(f"built the approximate index of {index.ntotal} chunks in "
                             f"{time.perf_counter() - started:.1f} s (generation {generation})")
         finally:

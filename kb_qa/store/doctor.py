@@ -220,8 +220,9 @@ def _repair_records(kb: KnowledgeBase, done: list[str]) -> int:
             dim = records.get_meta(conn, "embedding_dim")
             keep = 0
             if dim is not None and records.get_ann(conn):
-                training = records.sample_vectors(conn, int(dim), vector_index.TRAIN_SAMPLE, vector_index.TRAIN_SEED)
-                index = vector_index.build_ann(records.iter_vectors(conn, int(dim)), int(dim), training)
+                from kb_qa.store.compaction import build_index  # (lazy: compaction imports the writer)
+
+                index = build_index(conn, int(dim))
                 written, sha = vector_index.write_index(index, kb.path, generation)
                 records.set_ann(conn, records.AnnRecord(generation, sha, int(index.ntotal),
                                                         records.max_chunk_id(conn)))

@@ -124,8 +124,10 @@ def top_k(conn: sqlite3.Connection, terms: list[str], df: dict[str, int], k: int
     n, avgdl = averages
     approximate = approximate_from is not None and n >= approximate_from
     budget = min(max(APPROXIMATE_CANDIDATES, 4 * k), MAX_CANDIDATES) if approximate else MAX_CANDIDATES
+    # Every term's weight, for the candidates scored from 0 past the size (no folded term there: all have a df)
+    every = {t: _idf(n, df[t]) for t in present if t in df} if approximate else {}
     if approximate and not folded and postings > APPROXIMATE_RARE_POSTINGS:  # every term frequent
-        return _conjunctive(conn, present, df, k, budget, n, avgdl)
+        return _conjunctive(conn, present, every, k, budget, avgdl)
     idf = {t: _idf(n, df[t]) for t in common}
     bound = sum(idf.values()) * (K1 + 1)
     fetched = plain(conn, rare, MAX_CANDIDATES + 1)  # one FTS5 query: it scores every posting to sort anyway
@@ -142,10 +144,9 @@ def top_k(conn: sqlite3.Connection, terms: list[str], df: dict[str, int], k: int
             return best  # proved: the exact top k
         if approximate:
             extra = 0
-            if not folded and len(present) > 1:
+            if not folded:  # (`common` is not empty: there are two terms or more)
                 # The rarest term can be a stray fragment (a question cut mid-word) the best chunks lack: the
                 # chunks holding (all but one of) the terms are candidates too, each scored with every term.
-                every = {t: _idf(n, df[t]) for t in present}
                 held = [c for c in _holding_most(conn, present, k, max(2 * k, budget // 4), rarest_last=False)
                         if c not in scores]
                 scores.update(_add_common(conn, [(c, 0.0) for c in held], every, avgdl))
@@ -192,14 +193,13 @@ def _spread(conn: sqlite3.Connection, fetched: list[tuple[int, float]], scores: 
     return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
 
 
-def _conjunctive(conn: sqlite3.Connection, present: list[str], df: dict[str, int], k: int, budget: int, n: int,
+def _conjunctive(conn: sqlite3.Connection, present: list[str], every: dict[str, float], k: int, budget: int,
                  avgdl: float) -> list[tuple[int, float]]:
     """Past the size, when every term is frequent: up to `budget` chunks holding all of `present` (rarest
     first), then all but one, then the rarest term, found by FTS5 without ranking; each scored exactly with
     every term (the rare part 0: `_add_common` counts them all)."""
     found = _holding_most(conn, present, k, budget, rarest_last=True)
-    idf = {t: _idf(n, df[t]) for t in present}
-    scores = _add_common(conn, [(cid, 0.0) for cid in found], idf, avgdl)
+    scores = _add_common(conn, [(cid, 0.0) for cid in found], every, avgdl)
     return sorted(scores.items(), key=lambda kv: -kv[1])[:k]
 
 
@@ -208,12 +208,12 @@ def _holding_most(conn: sqlite3.Connection, present: list[str], k: int, limit: i
     """Up to `limit` chunk ids, in rowid order: those holding every term of `present`, then (while fewer than k)
     those holding all but one, then (`rarest_last`) those holding the rarest. FTS5 finds them without scoring,
     skipping through the doclists (~1-5 ms at 10^6 chunks)."""
-    levels = [" AND ".join(_quoted_one(t) for t in present)]
+    levels = [" AND ".join(quoted([t]) for t in present)]
     if 2 < len(present) <= 12:  # "all but one": one AND per term left out (12 terms: 12 small skips)
-        levels.append(" OR ".join("(" + " AND ".join(_quoted_one(t) for t in present if t != out) + ")"
+        levels.append(" OR ".join("(" + " AND ".join(quoted([t]) for t in present if t != out) + ")"
                                   for out in present))
     if rarest_last:
-        levels.append(_quoted_one(present[0]))
+        levels.append(quoted([present[0]]))
     found: dict[int, None] = {}
     for expression in levels:  # each level's rows include the earlier levels' (rowid order): LIMIT the budget
         for (rowid,) in conn.execute("SELECT rowid FROM chunk_terms WHERE chunk_terms MATCH ? LIMIT ?",
@@ -224,10 +224,6 @@ def _holding_most(conn: sqlite3.Connection, present: list[str], k: int, limit: i
         if len(found) >= k:
             break
     return list(found)
-
-
-def _quoted_one(term: str) -> str:
-    return '"' + term.replace('"', '""') + '"'
 
 
 def _add_common(conn: sqlite3.Connection, rows: list[tuple[int, float]], idf: dict[str, float],

@@ -74,10 +74,6 @@ class LiveIndex:
         self.generation = generation
 
     # -- searching ------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, allowed: Collection[int] | None,
-               fetch_vectors: FetchVectors) -> list[list[tuple[int, float]]]:
-        return rescore(queries, self.candidates(queries, k, allowed), k, fetch_vectors)
-
     def candidates(self, queries: np.ndarray, k: int, allowed: Collection[int] | None) -> list[list[int]]:
         """Per query, the chunk ids `rescore` ranks: the exact delta's top k and the approximate base's
         candidates. Only this part reads the view (the caller keeps commits from advancing it meanwhile)."""

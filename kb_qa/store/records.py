@@ -567,7 +567,7 @@ def keyword_search(conn: sqlite3.Connection, terms: Iterable[str], k: int,
         distinct = list(dict.fromkeys(t for t in terms if t))[:64]  # what fts_match keeps
         with read_snapshot(conn):  # the frequencies, the averages and FTS5's rows all of one committed state
             try:
-                df = (frequencies or TermFrequencies()).lookup(conn, distinct)
+                df = frequencies.lookup(conn, distinct) if frequencies else document_frequencies(conn, distinct)
                 return keyword_topk.top_k(conn, distinct, df, k, approximate_from=approximate_from)
             except sqlite3.OperationalError:  # FTS5's shadow tables not as expected (an older SQLite): plain query
                 return keyword_topk.plain(conn, distinct, k)

@@ -143,41 +143,23 @@ def from_vectors(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int):
     return index
 
 
-def build_ann(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, training: np.ndarray | None = None):
+def build_ann(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, training: np.ndarray):
     """An approximate index (HNSW over 4-bit quantised vectors, inner product, chunk ids) of every batch. The
-    quantiser is trained on `training` (float32 [n, dim]: a random sample of the KB, records.sample_vectors);
-    without it, on the first TRAIN_SAMPLE vectors of the batches (the oldest documents: their ranges may not be
-    the later ones')."""
+    quantiser's per-dimension ranges are trained on `training` (float32 [n, dim]: a seeded sample of the whole KB,
+    `compaction.build_index`), not on the first batches (the oldest documents: their ranges may not be the later
+    ones'). No training vectors: the KB has none, and the index stays empty."""
     import faiss
 
     hnsw = faiss.IndexHNSWSQ(dim, getattr(faiss.ScalarQuantizer, CODE_BITS), HNSW_M,
                              faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index = faiss.IndexIDMap2(hnsw)
-    if training is not None and len(training):
-        index.train(np.ascontiguousarray(training, dtype=np.float32))
-    pending_ids: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
-    held = 0
+    if not len(training):
+        return index
+    index.train(np.ascontiguousarray(training, dtype=np.float32))
     for ids, vecs in batches:
-        if index.is_trained:
-            index.add_with_ids(vecs, ids)
-            continue
-        pending_ids.append(ids)
-        pending.append(vecs)
-        held += len(ids)
-        if held >= TRAIN_SAMPLE:
-            _train_and_add(index, pending_ids, pending)
-            pending_ids, pending = [], []
-    if not index.is_trained and pending:
-        _train_and_add(index, pending_ids, pending)
+        index.add_with_ids(vecs, ids)
     return index
-
-
-def _train_and_add(index, ids: list[np.ndarray], vecs: list[np.ndarray]) -> None:
-    matrix = np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32)
-    index.train(matrix)
-    index.add_with_ids(matrix, np.concatenate(ids))
 
 
 def set_ef_search(index, ef_search: int) -> None:
