@@ -19,7 +19,6 @@ from kb_qa.retrieval.calibration import (
     prior,
     pseudo_question,
     query_like,
-    robust_unknown_share,
     seen_in,
     sentences,
     unknown_share,
@@ -179,22 +178,11 @@ def test_a_term_cut_otherwise_than_in_the_passage_is_not_unknown():
     assert seen_in(["锦地", "野马"], ["錦地羅（學名：），是茅膏菜科的植物。"]) == {"锦地"}  # folded: 錦 -> 锦
     assert seen_in(["锦地"], []) == set()
 
-    class _KB:
-        def get_chunks(self, ids):
-            texts = {1: "锦地罗是茅膏菜科的植物，全长约10厘米。", 2: "另一段文字。"}
-
-            class _Rec:
-                def __init__(self, text):
-                    self.text = text
-            return {i: _Rec(texts[i]) for i in ids if i in texts}
-
     class _Stats:
         idf = {"锦地": 3.0, "罗": 1.0, "全长": 2.0, "野马": 3.0}
         df = {"锦地": 0, "罗": 4, "全长": 2, "野马": 0}
 
     assert unknown_share(_Stats.idf, _Stats.df) == 6.0 / 9.0
-    assert robust_unknown_share(_KB(), _Stats(), [(1, 5.0), (2, 1.0)]) == 3.0 / 9.0  # only 野马 is unknown
-    assert robust_unknown_share(_KB(), _Stats(), []) == 6.0 / 9.0
 
 
 def test_a_calibration_of_another_version_is_measured_again(app, tmp_path):
@@ -253,7 +241,7 @@ class _EvidenceStats:
         return 10.0
 
 
-def test_kb_evidence_is_what_the_retriever_and_the_calibration_both_read():
+def test_kb_evidence_reads_the_best_passages_once_for_every_measure():
     kb = _EvidenceKB()
     ev = kb_evidence(kb, "锦地罗的全长是多少", _EvidenceStats(), [(1, 6.0), (2, 2.0), (3, 1.0)], [(1, 0.5), (3, 0.2)])
     assert kb.reads == 1  # the best passages' texts once, for U and C

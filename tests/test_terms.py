@@ -99,7 +99,10 @@ def test_question_forms_leave_the_question_but_names_that_begin_alike_stay():
     assert query_terms("他是第几位总统？") == ["他", "总统"]
     assert query_terms("请说出三个原因。") == ["三个", "原因"]
     assert "哪些地方" not in query_terms("这座城市有哪些地方值得去？")
-    assert "哪一位" not in query_terms("哪一位球员获得了最有价值球员？")
+    assert not {"哪一位", "一位"} & set(query_terms("哪一位球员获得了最有价值球员？"))  # nor search mode's pieces
+    assert not {"哪一年", "一年"} & set(query_terms("公司成立于哪一年？"))
+    assert "地方" in query_terms("这座城市有哪些地方值得去？")  # the noun of 哪些 + noun stays
+    assert {"地方", "值得"} <= content_units("这座城市有哪些地方值得去？")  # there too, no pair across 哪些
     assert content_units("华沙是哪国的首都？") == {"华沙", "首都"}  # no pair of the form: nothing a passage lacks
     assert {"哪吒", "父亲"} <= set(query_terms("哪吒的父亲是谁"))  # a name, not 哪 + a measure word
     assert "几内亚" in query_terms("几内亚的首都是哪里？") and "几何" in query_terms("几何学的创始人")

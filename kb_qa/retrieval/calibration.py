@@ -43,7 +43,7 @@ question (one value for every candidate of the KB, so they move refusal, never t
        how jieba cut a name; an off-topic question's best passage shares a few common words, an answer most of
        the question (measured: bench/README.md)
     U  the question's IDF share of terms no chunk of the KB contains (`unknown_share`), not counting terms found
-       inside the best keyword passages' text (`robust_unknown_share`: jieba cuts an unknown name by its context,
+       inside the best keyword passages' text (`seen_in`: jieba cuts an unknown name by its context,
        so "锦地罗" in a passage can be "锦地 / 罗" in the question)
 
 Every one of K, L, U and C comes from `kb_evidence`, the one function both serving (retriever.py) and the fit
@@ -131,22 +131,25 @@ COVERAGE_PASSAGES = 3  # best keyword candidates whose text C reads (measured: t
 
 
 def kb_evidence(kb, question: str, stats, keyword: Sequence[tuple[int, float]],
-                dense: Sequence[tuple[int, float]], absent: set[str] | frozenset[str] = frozenset()) -> Evidence:
+                dense: Sequence[tuple[int, float]], absent: set[str] | frozenset[str] = frozenset(), *,
+                units: set[str] | None = None) -> Evidence:
     """What `kb` offers `question` as a whole (`Evidence`), from its candidate lists: `keyword` [(chunk id, raw
     BM25)] and `dense` [(chunk id, cosine)], best first, as retrieved (either may be empty); `stats`: the
     question's TermStats in `kb`; `absent`: terms treated as missing from the KB (a pseudo-question's document
-    left out). The texts of the best keyword passages are read once, for U and C. The one definition serving and
+    left out); `units`: the question's `content_units`, if the caller has them (one question, several KBs). The
+    texts of the best keyword passages are read and folded once, for U and C. The one definition serving and
     calibration share."""
-    from kb_qa.retrieval.keyword import content_units
-    from kb_qa.retrieval.keyword import coverage as coverage_of
+    from kb_qa.retrieval.keyword import content_units, folded_coverage
+    from kb_qa.store.terms import fold, strip_noise
 
     upper = stats.bm25_upper() or 1.0
     head = [c for c, _ in keyword[:max(SEEN_PASSAGES, COVERAGE_PASSAGES)]]
     recs = kb.get_chunks(head) if head else {}
-    texts = [recs[c].text for c in head if c in recs]
+    folded = [fold(strip_noise(recs[c].text)) for c in head if c in recs]
     return evidence([min(1.0, s / upper) for _, s in keyword], [dense_score(s) for _, s in dense],
-                    _unknown_share_seen(stats, absent, texts[:SEEN_PASSAGES]),
-                    coverage_of(content_units(question), texts[:COVERAGE_PASSAGES]))
+                    _unknown_share_seen(stats, absent, folded[:SEEN_PASSAGES]),
+                    folded_coverage(content_units(question) if units is None else units,
+                                    folded[:COVERAGE_PASSAGES]))
 
 
 @dataclass
@@ -457,29 +460,19 @@ def seen_in(terms, texts: Sequence[str]) -> set[str]:
     artefact, not a word the KB lacks. Texts are folded as terms are (NFKC, lower case, Simplified)."""
     from kb_qa.store.terms import fold, strip_noise
 
-    terms = [t for t in terms if t]
-    if not terms or not texts:
-        return set()
-    folded = [fold(strip_noise(t)) for t in texts]
-    return {t for t in terms if any(t in f for f in folded)}
+    return _seen_in_folded(terms, [fold(strip_noise(t)) for t in texts])
 
 
-def robust_unknown_share(kb, stats, keyword: Sequence[tuple[int, float]],
-                         absent: set[str] | frozenset[str] = frozenset()) -> float:
-    """`unknown_share` of a question in `kb` (`stats`: its TermStats there), not counting terms found in the text
-    of the best `SEEN_PASSAGES` keyword candidates (`keyword`: [(chunk id, BM25)], best first). The texts are read
-    only when some term is unknown."""
+def _seen_in_folded(terms, folded: Sequence[str]) -> set[str]:
+    """`seen_in` for texts already folded."""
+    return {t for t in terms if t and any(t in f for f in folded)}
+
+
+def _unknown_share_seen(stats, absent: set[str] | frozenset[str], folded: Sequence[str]) -> float:
+    """`unknown_share` not counting the unknown terms found in `folded` (the best keyword passages' texts, folded
+    as terms are)."""
     unknown = [t for t, d in stats.df.items() if d == 0 or t in absent]
-    if not unknown or not keyword:
-        return unknown_share(stats.idf, stats.df, absent)
-    recs = kb.get_chunks([c for c, _ in keyword[:SEEN_PASSAGES]])
-    return _unknown_share_seen(stats, absent, [r.text for r in recs.values()])
-
-
-def _unknown_share_seen(stats, absent: set[str] | frozenset[str], texts: Sequence[str]) -> float:
-    """`unknown_share` not counting the unknown terms found in `texts` (the best keyword passages' texts)."""
-    unknown = [t for t, d in stats.df.items() if d == 0 or t in absent]
-    return unknown_share(stats.idf, stats.df, absent, seen_in(unknown, texts) if unknown else set())
+    return unknown_share(stats.idf, stats.df, absent, _seen_in_folded(unknown, folded) if unknown else set())
 
 
 def _mask(d: int, keep: Sequence[int]) -> np.ndarray:
@@ -636,8 +629,11 @@ def _answerability_pair(kb, question: str, qvec, candidates: int, sha: str, sha_
     kept = [(c, s) for c, s in keyword if sha_of.get(c) != sha]
     dense_kept = [(c, s) for c, s in dense if sha_of.get(c) != sha]
     absent = {t for t, d in stats.df.items() if d - in_doc.get(t, 0) <= 0}
-    return (kb_evidence(kb, question, stats, keyword, dense),
-            kb_evidence(kb, question, stats, kept, dense_kept, absent))
+    from kb_qa.retrieval.keyword import content_units
+
+    units = content_units(question)
+    return (kb_evidence(kb, question, stats, keyword, dense, units=units),
+            kb_evidence(kb, question, stats, kept, dense_kept, absent, units=units))
 
 
 def dense_score(cosine: float) -> float:

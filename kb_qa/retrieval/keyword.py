@@ -22,13 +22,20 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from kb_qa.store.terms import is_question_form, search_terms
+from kb_qa.store.terms import CJK_CHAR, STOP_WORDS, fold, precise_cut, question_form_rest, search_terms, strip_noise
 
 
 def query_terms(text: str) -> list[str]:
     """The question's distinct search terms, in order (what both the MATCH and the similarity use); its
-    question forms ("哪一位", "几名": `store.terms.is_question_form`) left out."""
-    return [t for t in dict.fromkeys(search_terms(text)) if not is_question_form(t)]
+    question forms ("哪一位", "几名": `store.terms.question_form_rest`) left out, with the pieces jieba's search mode
+    cut from them ("一位" of "哪一位"), but not the noun of "哪些 + noun" ("地方" of "哪些地方")."""
+    terms = list(dict.fromkeys(search_terms(text)))
+    rests = {t: question_form_rest(t) for t in terms}
+    forms = {t: rest for t, rest in rests.items() if rest is not None}
+    if not forms:
+        return terms
+    pieces = {t for t in terms for form, rest in forms.items() if t != form and t in form and t != rest}
+    return [t for t in terms if t not in forms and t not in pieces]
 
 
 def keyword_candidates(kb, text: str, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
@@ -91,7 +98,6 @@ def keyword_similarities(kb, text: str, ids: Iterable[int], stats: TermStats | N
     return {int(i): keyword_similarity(stats.idf, texts.get(int(i), "")) for i in ids}
 
 
-_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORDS = re.compile(r"\w+", re.UNICODE)
 
 
@@ -104,12 +110,10 @@ def content_units(text: str) -> set[str]:
     A question without Chinese characters has none: spaces cut its words reliably, the term share already says
     how much of it a passage matches, and its paraphrases ("won" / "win") would read as missing words (measured:
     with word units the English dev set's wrongly refused questions went from 0.7% to 2.7%)."""
-    from kb_qa.store.terms import STOP_WORDS, fold, precise_cut, strip_noise
-
     folded = fold(strip_noise(text))
     units: set[str] = set()
     run: list[str] = []
-    if not _CJK_CHAR.search(folded):
+    if not CJK_CHAR.search(folded):
         return units
     pieces = precise_cut(folded)
 
@@ -119,12 +123,16 @@ def content_units(text: str) -> set[str]:
         run.clear()
 
     for piece in pieces:
-        if (_CJK_CHAR.search(piece) and piece not in STOP_WORDS and not is_question_form(piece)
-                and _WORDS.fullmatch(piece)):
+        rest = question_form_rest(piece)
+        if rest is not None:  # "哪一位": nothing; "哪些地方": its noun, no pair across the dropped head
+            close()
+            run.extend([rest] if rest else [])
+            continue
+        if CJK_CHAR.search(piece) and piece not in STOP_WORDS and _WORDS.fullmatch(piece):
             run.append(piece)
             continue
         close()
-        if not _CJK_CHAR.search(piece):
+        if not CJK_CHAR.search(piece):
             units.update(w for w in _WORDS.findall(piece) if len(w) > 1 and w not in STOP_WORDS)
     close()
     return units
@@ -133,12 +141,11 @@ def content_units(text: str) -> set[str]:
 def coverage(units: set[str], texts: Sequence[str]) -> float:
     """The largest share of `units` (`content_units` of a question) one of `texts` (passage texts, as stored)
     contains, in [0, 1]: how much of the question one passage says. 0 for no units or no texts."""
-    from kb_qa.store.terms import fold, strip_noise
+    return folded_coverage(units, [fold(strip_noise(text)) for text in texts])
 
-    if not units or not texts:
+
+def folded_coverage(units: set[str], folded: Sequence[str]) -> float:
+    """`coverage` for texts already folded as terms are (`fold(strip_noise(text))`)."""
+    if not units or not folded:
         return 0.0
-    best = 0
-    for text in texts:
-        folded = fold(strip_noise(text))
-        best = max(best, sum(1 for u in units if u in folded))
-    return best / len(units)
+    return max(sum(1 for u in units if u in text) for text in folded) / len(units)

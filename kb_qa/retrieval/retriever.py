@@ -37,7 +37,7 @@ from pydantic import ConfigDict
 from kb_qa.retrieval.calibration import Evidence, calibration_for, kb_evidence
 from kb_qa.retrieval.dense import cosines, dense_candidates
 from kb_qa.retrieval.fusion import FusedHit, fuse_calibrated
-from kb_qa.retrieval.keyword import TermStats, keyword_candidates, keyword_similarities, query_terms
+from kb_qa.retrieval.keyword import TermStats, content_units, keyword_candidates, keyword_similarities, query_terms
 from kb_qa.schema import Source
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,9 @@ class Retriever:
         models = {name: self.calibration(kb, s.candidates) for name, kb in kbs_open.items()}
         # What each KB offers the question as a whole: lowers refusal's probability, never changes the order.
         # Read only with the keyword side on (fusion ignores it otherwise).
+        units = content_units(query) if stats else set()  # the question's, the same for every KB
         ev: dict[str, Evidence | None] = {
-            name: kb_evidence(kb, query, stats[name], kb_keyword.get(name, []), kb_dense.get(name, []))
+            name: kb_evidence(kb, query, stats[name], kb_keyword.get(name, []), kb_dense.get(name, []), units=units)
             if name in stats else None for name, kb in kbs_open.items()}
         fused = fuse_calibrated(dense_list, keyword_list, dense_sim, keyword_sim, bm25_share,
                                 lambda key: models[key[0]], None,  # the unknown-term share is in the evidence

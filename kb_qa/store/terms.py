@@ -31,7 +31,7 @@ ANALYSER_VERSION = "4"  # 1: jieba search mode / \w+ words; 2: + folding, identi
 ANALYSER_META_KEY = "analyser_version"
 
 _WORD = re.compile(r"\w", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # one CJK ideograph (analyser, coverage)
 _lock = threading.Lock()
 _ready = False
 _t2s = None
@@ -75,7 +75,7 @@ STOP_WORDS = frozenset(
 # Question forms jieba keeps as one word and STOP_WORDS cannot list: a question head and a measure word ("哪一位",
 # "哪国", "几名", "第几"), "哪些" + a noun ("哪些地方"), a lone "第" ("第几位" is cut "第 / 几位") and the
 # instructions "(请)说出 / 列出 ...". They say what kind of answer is wanted, not what it is about: answerable
-# questions read as if they held words their passage lacks. Questions only (`is_question_form`): documents keep
+# questions read as if they held words their passage lacks. Questions only (`question_form_rest`): documents keep
 # their terms (the analyser is unchanged, so no KB needs `kb repair`). Names that begin alike ("哪吒", "几内亚",
 # "几何") are not head + measure word.
 _MEASURE_WORDS = "位名个国年天种类部座所条支家次人岁样届场件项首本张只月日号点批"
@@ -83,9 +83,12 @@ _QUESTION_FORM = re.compile(rf"^(?:第?几|哪一?|哪几)[{_MEASURE_WORDS}]$|^�
                             r"|^请?(?:说出|列出|列举|写出|指出)$")
 
 
-def is_question_form(term: str) -> bool:
-    """A Chinese question form (see _QUESTION_FORM): left out of a question's search terms and coverage units."""
-    return bool(_QUESTION_FORM.match(term))
+def question_form_rest(term: str) -> str | None:
+    """None: `term` is no question form (_QUESTION_FORM); else the content it holds: the noun of "哪些 + noun"
+    ("哪些地方" -> "地方"), "" for the others. What a question's search terms and coverage units keep of it."""
+    if not _QUESTION_FORM.match(term):
+        return None
+    return term[2:] if term.startswith("哪些") else ""
 
 
 def _jieba():
@@ -120,7 +123,7 @@ def _to_simplified(text: str) -> str:
 def fold(text: str) -> str:
     """The text terms are cut from: NFKC, lower case, Simplified script. Only for terms, never for display."""
     text = unicodedata.normalize("NFKC", text).lower()
-    return _to_simplified(text) if _CJK.search(text) else text
+    return _to_simplified(text) if CJK_CHAR.search(text) else text
 
 
 def strip_noise(text: str) -> str:
@@ -182,7 +185,7 @@ def _char_kinds(text: str, mode: str) -> list[int]:
     for word in precise_cut(text):
         if word in STOP_WORDS:
             kind = _PARTICLE
-        elif _CJK.match(word) and (not freq.get(word) if len(word) > 1 else mode == "oov1"):
+        elif CJK_CHAR.match(word) and (not freq.get(word) if len(word) > 1 else mode == "oov1"):
             kind = _WEAK
         else:
             kind = _PLAIN
@@ -193,7 +196,7 @@ def _char_kinds(text: str, mode: str) -> list[int]:
 def ngram_terms(folded: str, mode: str | None = None) -> list[str]:
     """Character-bigram terms of folded text, in order (see NGRAM_MODE)."""
     mode = NGRAM_MODE if mode is None else mode
-    if not mode or not _CJK.search(folded):
+    if not mode or not CJK_CHAR.search(folded):
         return []
     kinds = _char_kinds(folded, mode)
     out = []
@@ -212,7 +215,7 @@ def search_terms(text: str) -> list[str]:
     """Index/query terms of `text`, in order, with repeats (BM25 needs term frequency): the word terms first,
     then the whole identifiers, then the character bigrams."""
     text = fold(strip_noise(text))
-    if _CJK.search(text):
+    if CJK_CHAR.search(text):
         tokens = _jieba().lcut_for_search(text)
     else:
         tokens = re.findall(r"\w+", text, re.UNICODE)
