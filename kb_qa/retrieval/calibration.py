@@ -89,8 +89,8 @@ PRIOR = {"bias": -6.0, "dense": 3.0, "share": 3.0, "bm25": 3.0}
 # Refusal recalibration prior: the identity (probability as the ranking model says, no unknown-term penalty).
 IDENTITY = {"bias": 0.0, "scale": 1.0, "unknown": 0.0}
 # Answerability model prior (ridge centre): no evidence either way (P = 0.5, so min(0, logit) = 0: no refusal).
-ANSWERABLE_PRIOR = {"bias": 0.0, "keyword": 0.0, "dense_lift": 0.0, "coverage": 0.0}
 ANSWERABLE_FEATURES = ("keyword", "dense_lift", "coverage")  # the Evidence fields it reads, in column order
+ANSWERABLE_PRIOR = {"bias": 0.0, **dict.fromkeys(ANSWERABLE_FEATURES, 0.0)}
 RIDGE = 2.0  # strength of the pull towards PRIOR, in pseudo-question units (so it fades as samples grow)
 
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+(?:[。！？!?；;]+|$)|[^\n]+")
@@ -214,9 +214,8 @@ class Calibration:
                 f"{self.fused.hit1:.2f} / MRR {self.fused.mrr10:.2f}; weights dense {self.weights['dense']:.2f}, "
                 f"share {self.weights['share']:.2f}, bm25 {self.weights['bm25']:.2f}; refusal scale {r['scale']:.2f}, "
                 f"unknown-term weight {r['unknown']:.2f}"
-                + (f"; answerable: keyword {self.answerable['keyword']:.2f}, dense lift "
-                   f"{self.answerable['dense_lift']:.2f}, coverage {self.answerable['coverage']:.2f}, bias "
-                   f"{self.answerable['bias']:.2f}" if self.answerable else ""))
+                + ("; answerable: " + ", ".join(f"{k.replace('_', ' ')} {self.answerable.get(k, 0.0):.2f}"
+                                                 for k in (*ANSWERABLE_FEATURES, "bias")) if self.answerable else ""))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
