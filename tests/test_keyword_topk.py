@@ -105,14 +105,33 @@ def test_past_the_size_ties_are_answered_from_the_candidates_without_the_plain_q
     assert bench_scale().tie_aware_recall([exact[i] for i, _ in got], [s for _, s in truth]) == 1.0
 
 
-def test_past_the_size_a_provable_top_k_is_the_exact_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(keyword_topk, "RARE_POSTINGS", 30)  # make "common"/"part" common in a small KB
+def common_terms_kb(tmp_path, monkeypatch) -> KnowledgeBase:
+    """40 chunks where "common" and "part" count as common terms (RARE_POSTINGS lowered), a rare word, a unique
+    id and "calderón" (a term the tokenizer folds: always left to FTS5) each."""
+    monkeypatch.setattr(keyword_topk, "RARE_POSTINGS", 30)
     monkeypatch.setattr(keyword_topk, "MIN_CANDIDATES", 5)
-    rng = np.random.default_rng(6)
-    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
     write(kb, [" ".join(["common"] * (1 + d % 3) + ["part"] * (d % 2) + [words[d % 8]] * (1 + d % 4)
-                        + [f"id{d}", "common"]) for d in range(40)], rng)
+                        + [f"id{d}", "common", "calderón"]) for d in range(40)], np.random.default_rng(6))
+    return kb
+
+
+def test_below_the_size_the_top_k_equals_the_plain_query_when_common_terms_are_skipped(tmp_path, monkeypatch):
+    kb = common_terms_kb(tmp_path, monkeypatch)
+    split = []  # the common terms' part added for the candidates: the MaxScore path, not the plain query
+    add_common = keyword_topk._add_common
+    monkeypatch.setattr(keyword_topk, "_add_common", lambda *a, **k: split.append(1) or add_common(*a, **k))
+    for query in ["common alpha", "common part beta id3", "gamma common", "common part", "calderón common delta",
+                  "id7 common"]:
+        terms = list(dict.fromkeys(search_terms(query)))
+        fast = kb.keyword_search(terms, 5)
+        assert [s for _, s in fast] == pytest.approx([s for _, s in plain_top(kb, terms, 5)], rel=1e-9), query
+    assert split, "no query took the MaxScore path"
+
+
+def test_past_the_size_a_provable_top_k_is_the_exact_one(tmp_path, monkeypatch):
+    kb = common_terms_kb(tmp_path, monkeypatch)
     kb.keyword_approximate_from = 1
     approximated: list[int] = []
     spread = keyword_topk._spread

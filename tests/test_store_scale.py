@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kb_qa.schema import Chunk
-from kb_qa.store import KnowledgeBase, doctor, keyword_topk, records
+from kb_qa.store import KnowledgeBase, doctor, records
 from kb_qa.store.errors import AnalyserMismatch
 from kb_qa.store.terms import fts_document, search_terms
 from tests.test_store import add_docs, assert_consistent, unit
@@ -172,31 +172,6 @@ def test_kill_during_compaction_leaves_the_previous_or_the_new_index(tmp_path, p
         w.commit()
     assert doctor.check(kb).ok
     assert_consistent(kb)
-
-
-def test_keyword_top_k_equals_the_plain_query_when_common_terms_are_skipped(tmp_path, monkeypatch):
-    monkeypatch.setattr(keyword_topk, "RARE_POSTINGS", 30)  # make "common"/"part" common in a small KB
-    monkeypatch.setattr(keyword_topk, "MIN_CANDIDATES", 5)
-    rng = np.random.default_rng(6)
-    kb = KnowledgeBase.open(tmp_path, "kb", create=True)
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
-    with kb.writer(embedding_model="m") as w:
-        for d in range(40):
-            text = " ".join(["common"] * (1 + d % 3) + ["part"] * (d % 2) + [words[d % 8]] * (1 + d % 4)
-                            + [f"id{d}", "common", "calderón"])
-            w.put_document(f"d{d}.txt", f"sha{d}", 1, None, [Chunk(text=text, source=f"d{d}.txt")], unit(rng, 1))
-        w.commit()
-    split = []  # the common terms' part added for the candidates: the MaxScore path, not the plain query
-    add_common = keyword_topk._add_common
-    monkeypatch.setattr(keyword_topk, "_add_common", lambda *a, **k: split.append(1) or add_common(*a, **k))
-    conn = records.connect(kb.path / "kb.sqlite")
-    for query in ["common alpha", "common part beta id3", "gamma common", "common part", "calderón common delta",
-                  "id7 common"]:
-        terms = list(dict.fromkeys(search_terms(query)))
-        fast = kb.keyword_search(terms, 5)
-        plain = keyword_topk.plain(conn, terms, 5)
-        assert [s for _, s in fast] == pytest.approx([s for _, s in plain], rel=1e-9), query
-    assert split, "no query took the MaxScore path"
 
 
 def test_the_keyword_index_keeps_no_second_copy_of_the_terms_and_removals_leave_it_whole(tmp_path):
