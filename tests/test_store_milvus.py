@@ -159,6 +159,21 @@ def test_default_is_milvus_lite_in_the_kb_folder_and_delete_removes_it(tmp_path,
     assert not kb.path.exists() and app.kb_names() == []
 
 
+def test_closing_one_of_two_openings_of_a_lite_kb_leaves_the_other_working(tmp_path, embedder, docs):
+    # The Lite file's client is shared by the process; closing one opening must not close it under the other.
+    app = make_app(tmp_path, embedder, "milvus")  # no URI: the Lite file in the KB folder
+    run(app, [docs / "fr.txt"], embedder)
+    first = app.kb("kb")
+    assert first.keyword_search(query_terms("quai numéro neuf"), 1)
+    second = MilvusKnowledgeBase.open(first.path.parent, "kb")
+    assert second.keyword_search(query_terms("quai numéro neuf"), 1)
+    second.close()
+    assert first.keyword_search(query_terms("quai numéro neuf"), 1)  # its client still open
+    assert first.dense_search(embedder.encode(["train de nuit"])[0], 1)
+    app.delete_kb("kb")
+    assert not first.path.exists()
+
+
 def test_local_kb_switched_to_milvus_is_indexed_from_its_records(tmp_path, embedder, docs, milvus_uri):
     local = make_app(tmp_path, embedder, "local")
     run(local, [docs], embedder)

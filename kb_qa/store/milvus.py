@@ -46,7 +46,8 @@ TEXT_MAX_BYTES = 65535  # Milvus's VARCHAR limit (bytes, UTF-8)
 ANALYZER = {"tokenizer": {"type": "jieba", "mode": "search"}}
 SEND_BATCH = 1000  # rows per upsert request (keeps gRPC messages well under Milvus's 64 MB default)
 
-_clients: dict[tuple[str, str | None], Any] = {}  # (uri, token) -> pymilvus.MilvusClient (imported lazily)
+# (uri, token) -> [pymilvus.MilvusClient (imported lazily), knowledge bases using it]
+_clients: dict[tuple[str, str | None], list[Any]] = {}
 _clients_lock = threading.Lock()
 
 
@@ -60,7 +61,8 @@ def available() -> str | None:
 
 
 def client_for(uri: str, token: str | None = None):
-    """One `MilvusClient` per endpoint per process (Milvus Lite allows one process per data file)."""
+    """One `MilvusClient` per endpoint per process (Milvus Lite allows one process per data file), shared by every
+    knowledge base using it: each call is one more user, until its `release_client`."""
     reason = available()
     if reason:
         raise KnowledgeBaseError(f"store.backend is 'milvus' but {reason}")
@@ -68,21 +70,37 @@ def client_for(uri: str, token: str | None = None):
 
     key = (uri, token)
     with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
+        entry = _clients.get(key)
+        if entry is None:
             try:
-                client = MilvusClient(uri=uri, token=token or "")
+                entry = [MilvusClient(uri=uri, token=token or ""), 0]
             except Exception as exc:  # connection refused, bad URI, locked Lite file
                 raise KnowledgeBaseError(f"cannot reach Milvus at {uri!r}: {exc}") from None
-            _clients[key] = client
-        return client
+            _clients[key] = entry
+        entry[1] += 1
+        return entry[0]
+
+
+def release_client(uri: str, token: str | None = None) -> None:
+    """One user of `client_for(uri, token)` is done; the last one closes the client (a Lite file's lock is
+    released then, and a knowledge base still open on it keeps working until it is closed too)."""
+    with _clients_lock:
+        entry = _clients.get((uri, token))
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _clients[(uri, token)]
+    entry[0].close()
 
 
 def close_client(uri: str, token: str | None = None) -> None:
+    """Close the endpoint's client whoever still uses it (tests, shutting a Lite file for good)."""
     with _clients_lock:
-        client = _clients.pop((uri, token), None)
-    if client is not None:
-        client.close()
+        entry = _clients.pop((uri, token), None)
+    if entry is not None:
+        entry[0].close()
 
 
 def _fit_text(text: str) -> str:
@@ -192,8 +210,8 @@ class MilvusKnowledgeBase(KnowledgeBase):
 
     def close(self) -> None:
         super().close()
-        if self._chunks is not None and self.milvus_uri == str(self.path / LITE_FILE):
-            close_client(self.milvus_uri, self.milvus_token)  # release the Lite file's lock
+        if self._chunks is not None:
+            release_client(self.milvus_uri, self.milvus_token)  # the last user closes it (a Lite file's lock)
         self._chunks = None
 
     @staticmethod
