@@ -146,12 +146,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def open_kb(root: Path, backend: str) -> KnowledgeBase:
-    if backend == "milvus":
-        from kb_qa.store.milvus import MilvusKnowledgeBase
+def open_kb(root: Path, backend: str, ann_min_chunks: int) -> KnowledgeBase:
+    """The bench's KB, opened as the app opens one (`backends.open_knowledge_base`: Milvus Lite in the KB folder
+    with no URI; the keyword switch at `ann_min_chunks`)."""
+    from kb_qa.settings import StoreSettings
+    from kb_qa.store.backends import open_knowledge_base
 
-        return MilvusKnowledgeBase.open(root, "scale", create=True)
-    return KnowledgeBase.open(root, "scale", create=True)
+    settings = StoreSettings(backend=backend, ann_min_chunks=ann_min_chunks)
+    return open_knowledge_base(settings, root, "scale", create=True)
 
 
 class Filler:
@@ -178,9 +180,11 @@ class Filler:
         return open_s, elapsed
 
 
-def measure(kb: KnowledgeBase, texts: list[str], queries: int, vectors: Vectors, rng: np.random.Generator) -> dict:
+def measure(kb: KnowledgeBase, reopen, texts: list[str], queries: int, vectors: Vectors,
+            rng: np.random.Generator) -> dict:
+    """The search figures of `kb`; `reopen()` opens it again as a new reader would (`open_kb`)."""
     qv = vectors(queries + 1)
-    fresh = KnowledgeBase.open(kb.path.parent, kb.name)  # a new reader: what a restarted server pays
+    fresh = reopen()  # a new reader: what a restarted server pays
     started = time.perf_counter()
     fresh.dense_search(qv[0], 10)
     first_ms = (time.perf_counter() - started) * 1000
@@ -203,8 +207,7 @@ def measure(kb: KnowledgeBase, texts: list[str], queries: int, vectors: Vectors,
         answers.append(kb.keyword_search(terms, 10))
         keyword.append((time.perf_counter() - started) * 1000)
     for terms in term_lists:
-        fresh = type(kb).open(kb.path.parent, kb.name)
-        fresh.keyword_approximate_from = kb.keyword_approximate_from
+        fresh = reopen()
         fresh.chunk_count()  # the connection's opening is not the search's
         started = time.perf_counter()
         fresh.keyword_search(terms, 10)
@@ -264,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         root = args.dir or Path(tmp)
-        kb = open_kb(root, args.backend)
-        kb.keyword_approximate_from = args.ann_min_chunks  # as backends.open_knowledge_base sets it
+        def reopen() -> KnowledgeBase:
+            return open_kb(root, args.backend, args.ann_min_chunks)
+
+        kb = reopen()
         vectors = Vectors(args.vectors, args.seed)
         filler = Filler(kb, texts, args.batch, vectors)
         rng = np.random.default_rng(args.seed + 1)
@@ -290,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 kb.compact(ann_min_chunks=args.ann_min_chunks)
                 compact_s = time.perf_counter() - started
-            figures = measure(kb, texts, args.queries, vectors, rng)
+            figures = measure(kb, reopen, texts, args.queries, vectors, rng)
             disk = folder_bytes(kb.path)
             row = {"chunks": filler.chunks, "commit_s": commit_s, "open_s": open_s, "compact_s": compact_s,
                    **figures, "disk_bytes": disk, "disk_kb_per_chunk": disk / filler.chunks / 1000,
