@@ -419,7 +419,10 @@ def test_compaction_trains_the_quantiser_on_a_seeded_sample_of_the_whole_kb(tmp_
     # ... and the index written is trained on it: its 4-bit quantiser's ranges are the sample's min and range
     import faiss
 
-    ann = records.get_ann(records.connect(kb.path / "kb.sqlite"))
+    conn = records.connect(kb.path / "kb.sqlite")
+    ann = records.get_ann(conn)
+    conn.close()
+    assert ann is not None
     written = vector_index.read_index(vector_index.index_path(kb.path, ann.generation), ann.sha256, ann.count, 64)
     ranges = faiss.vector_to_array(faiss.downcast_index(faiss.downcast_index(written.index).storage).sq.trained)
     np.testing.assert_allclose(ranges[:64], trained[0].min(axis=0), rtol=1e-6)
